@@ -1,0 +1,213 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+	"github.com/snapvmm/snapvmm/kvm"
+	"github.com/snapvmm/snapvmm/vmm"
+	"github.com/snapvmm/snapvmm/vmm/boot"
+	"github.com/spf13/cobra"
+)
+
+type runOpts struct {
+	kernel, initrd, appendLine string
+	memory                     string
+	cpus                       int
+	serial                     string
+	paused                     bool
+	logLevel                   string
+	noPVMWorkarounds           bool
+}
+
+func newRunCmd() *cobra.Command {
+	o := &runOpts{}
+	cmd := &cobra.Command{
+		Use:   "run --kernel PATH [flags]",
+		Short: "Boot a guest kernel",
+		Long: `Boot a guest: a Linux bzImage (64-bit boot protocol), an ELF vmlinux with a
+PVH note, or a snapvmm test guest (a static 64-bit ELF, see docs/test-guests.md).
+
+The guest's serial port (COM1, 16550A at 0x3f8, IRQ 4) is on this terminal by
+default, in raw mode: keys go to the guest. Press Ctrl-a x to quit, Ctrl-a h
+for help. A guest reboot or poweroff ends snapvmm with status 0; a guest crash
+(triple fault, KVM internal error) ends it with status 1 and a register dump.
+
+Examples:
+  # a Linux guest with its console here
+  snapvmm run --kernel bzImage --initrd initramfs.cpio.gz --append "console=ttyS0" --memory 512M --cpus 2
+  # a test guest that prints and resets
+  snapvmm run --kernel testdata/guests/hello --memory 64M
+  # guest output to a file, start paused
+  snapvmm run --kernel testdata/guests/counter --serial file:/tmp/out.txt --paused`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runVM(cmd, o) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.kernel, "kernel", "", "guest kernel: bzImage, PVH vmlinux or test-guest ELF (required)")
+	f.StringVar(&o.initrd, "initrd", "", "initial ramdisk for a Linux kernel")
+	f.StringVar(&o.appendLine, "append", "console=ttyS0", "kernel command line")
+	f.StringVar(&o.memory, "memory", "256M", "guest RAM, with an optional K, M, G suffix (bare number: MiB)")
+	f.IntVar(&o.cpus, "cpus", 1, "number of vCPUs")
+	f.StringVar(&o.serial, "serial", "stdio", "where the serial console goes: stdio, file:PATH or none")
+	f.BoolVar(&o.paused, "paused", false, "create the VM but do not start the vCPUs (like QEMU -S)")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: error, warn, info, debug, trace")
+	f.BoolVar(&o.noPVMWorkarounds, "no-pvm-workarounds", false,
+		"on a PVM host, do not append the options that keep Linux off unsupported instructions")
+	return cmd
+}
+
+func runVM(cmd *cobra.Command, o *runOpts) error {
+	log, err := setupLog(o.logLevel)
+	if err != nil {
+		return err
+	}
+	if o.kernel == "" {
+		return usagef("run: --kernel is required (see snapvmm run --help)")
+	}
+	mem, err := parseSize(o.memory)
+	if err != nil {
+		return usagef("--memory: %v", err)
+	}
+	if o.cpus < 1 {
+		return usagef("--cpus %d: at least 1", o.cpus)
+	}
+	kernel, err := os.ReadFile(o.kernel)
+	if err != nil {
+		return usagef("--kernel: %v", err)
+	}
+	if boot.Probe(kernel) == "" {
+		return usagef("--kernel %s: not a Linux bzImage or an x86-64 ELF file", o.kernel)
+	}
+	var initrd []byte
+	if o.initrd != "" {
+		if initrd, err = os.ReadFile(o.initrd); err != nil {
+			return usagef("--initrd: %v", err)
+		}
+	}
+	serialOut, interactive, closeSerial, err := openSerial(o.serial)
+	if err != nil {
+		return err
+	}
+	defer closeSerial()
+
+	vm, err := vmm.New(vmm.Config{
+		Kernel: kernel, Initrd: initrd, Cmdline: o.appendLine, Memory: mem, VCPUs: o.cpus,
+		Serial: serialOut, PVMWorkarounds: !o.noPVMWorkarounds, Log: log,
+	})
+	if err != nil {
+		if errors.Is(err, vmm.ErrBadConfig) {
+			return usageError{err}
+		}
+		if errors.Is(err, kvm.ErrUnavailable) {
+			return fmt.Errorf("%w (is the kvm module loaded and /dev/kvm accessible?)", err)
+		}
+		return err
+	}
+	defer vm.Close()
+	if vm.PVM() {
+		log.Warn("this host's /dev/kvm is nested PVM: guest kernel code runs hundreds of times slower than native here")
+	}
+
+	restore := func() {}
+	if interactive {
+		var ok bool
+		restore, ok = rawTerminal(int(os.Stdin.Fd()))
+		if ok {
+			// Raw mode turns "\n" into a bare line feed: log lines need CRs.
+			log.Logger.SetOutput(crlfWriter{os.Stderr})
+		}
+	}
+	var once sync.Once
+	restoreOnce := func() { once.Do(restore) }
+	defer restoreOnce()
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		if s, ok := <-sigs; ok {
+			log.Infof("terminating on signal %v", s)
+			vm.Stop()
+		}
+	}()
+	if interactive {
+		go forwardInput(os.Stdin, vm, log)
+	}
+
+	if err := vm.Start(o.paused); err != nil {
+		return err
+	}
+	if o.paused {
+		log.Info("VM created paused; it stays paused until resumed")
+	}
+	exit := vm.Wait()
+	restoreOnce()
+	switch exit.Kind {
+	case vmm.ExitError:
+		fmt.Fprintf(os.Stderr, "snapvmm: guest stopped: %v\n", exit.Err)
+		return exitError{1}
+	default:
+		log.Debugf("VM ended: %s", exit.Kind)
+		return nil
+	}
+}
+
+// openSerial resolves --serial.
+func openSerial(spec string) (w io.Writer, interactive bool, closeFn func(), err error) {
+	switch {
+	case spec == "stdio":
+		return os.Stdout, true, func() {}, nil
+	case spec == "none":
+		return nil, false, func() {}, nil
+	case strings.HasPrefix(spec, "file:") && len(spec) > len("file:"):
+		f, err := os.OpenFile(spec[len("file:"):], os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+		if err != nil {
+			return nil, false, nil, usagef("--serial %s: %v", spec, err)
+		}
+		return f, false, func() { f.Close() }, nil
+	}
+	return nil, false, nil, usagef("--serial %q: want stdio, file:PATH or none", spec)
+}
+
+// forwardInput copies stdin to the guest's UART through the console escape
+// handler.
+func forwardInput(r io.Reader, vm *vmm.VM, log *logrus.Entry) {
+	var con vmm.Console
+	buf := make([]byte, 256)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			out, act := con.Feed(buf[:n])
+			if len(out) > 0 {
+				vm.Serial.Input(out)
+			}
+			switch act {
+			case vmm.ConsoleQuit:
+				log.Info("Ctrl-a x: quitting")
+				vm.Stop()
+				return
+			case vmm.ConsoleHelpAction:
+				fmt.Fprint(os.Stderr, vmm.ConsoleHelp)
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// crlfWriter adds carriage returns for a terminal in raw mode.
+type crlfWriter struct{ w io.Writer }
+
+func (c crlfWriter) Write(p []byte) (int, error) {
+	_, err := c.w.Write([]byte(strings.ReplaceAll(string(p), "\n", "\r\n")))
+	return len(p), err
+}

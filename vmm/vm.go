@@ -1,0 +1,463 @@
+// Package vmm composes a virtual machine from package kvm, the device
+// models and the boot loader: it owns guest memory, the vCPU goroutines, the
+// device buses and the VM's life cycle (created, running, paused, shutdown).
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/snapvmm/snapvmm/devices"
+	"github.com/snapvmm/snapvmm/kvm"
+	"github.com/snapvmm/snapvmm/vmm/boot"
+)
+
+// Config describes a VM to build.
+type Config struct {
+	Kernel  []byte // bzImage, PVH ELF or test-guest ELF
+	Initrd  []byte
+	Cmdline string
+	Memory  uint64 // bytes
+	VCPUs   int
+	// Serial receives the guest's UART output; nil discards it.
+	Serial io.Writer
+	// PVMWorkarounds appends PVMCmdline to a Linux guest's command line
+	// when the host KVM is PVM.
+	PVMWorkarounds bool
+	Log            *logrus.Entry
+}
+
+// ExitKind says why a VM stopped.
+type ExitKind int
+
+// Exit kinds.
+const (
+	ExitNone     ExitKind = iota
+	ExitReset             // the guest asked for a reset (reboot)
+	ExitPowerOff          // the guest powered off
+	ExitQuit              // the host asked the VM to stop
+	ExitError             // triple fault, KVM error, or device failure
+)
+
+func (k ExitKind) String() string {
+	return [...]string{"none", "reset", "poweroff", "quit", "error"}[k]
+}
+
+// Exit is the outcome of a VM's run.
+type Exit struct {
+	Kind ExitKind
+	Err  error // set for ExitError
+}
+
+// PVMCmdline are the Linux options that keep a guest kernel out of the PVM
+// host emulator's gaps: on such a host CPUID cannot hide features, so the
+// kernel is told not to use the instructions the emulator cannot run
+// (../shared/docs/host-kvm.md lists them).
+const PVMCmdline = "noxsave clearcpuid=smap,smep,xsave,xsaveopt,xsavec,xsaves,cx16,popcnt,fsgsbase," +
+	"rdpid,rdrand,rdseed,bmi1,bmi2,abm,movbe,avx,avx2,fma,f16c,aes,pclmulqdq,sha_ni,vaes," +
+	"vpclmulqdq,sse4_1,sse4_2,ssse3,clflushopt,clwb,pku,invpcid,pcid,umip,rdtscp,erms,fsrm"
+
+// Addresses KVM needs for Intel real-mode support; they sit in the MMIO
+// hole, never in RAM.
+const (
+	tssAddr         = 0xfffbd000
+	identityMapAddr = 0xfffbc000
+)
+
+// request is what the VM asks of its vCPUs at their next stop.
+type request int
+
+const (
+	reqNone request = iota
+	reqPause
+	reqStop
+)
+
+// VM is a running (or runnable) virtual machine.
+type VM struct {
+	cfg    Config
+	log    *logrus.Entry
+	sys    *kvm.System
+	kvm    *kvm.VM
+	mem    *kvm.Memory
+	layout boot.Layout
+	entry  *boot.Entry
+	vcpus  []*kvm.VCPU
+
+	PIO    *devices.Bus
+	MMIO   *devices.Bus
+	Serial *devices.Serial
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	state   State
+	req     request
+	parked  int // vCPUs parked for the current pause
+	running int // vCPU goroutines alive
+	exit    Exit
+	done    chan struct{}
+	closed  bool
+}
+
+// ErrBadConfig marks configuration errors a user can fix (bad size, too
+// many vCPUs, unreadable kernel): the CLI maps them to exit status 2.
+var ErrBadConfig = errors.New("invalid configuration")
+
+// New builds a VM: RAM, in-kernel irqchip and PIT, devices, vCPUs with
+// their CPUID, and the loaded kernel. The VM is in StateCreated.
+func New(cfg Config) (vm *VM, err error) {
+	if cfg.Log == nil {
+		cfg.Log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	if cfg.VCPUs < 1 {
+		return nil, fmt.Errorf("%w: %d vCPUs: at least 1 is needed", ErrBadConfig, cfg.VCPUs)
+	}
+	layout, err := boot.NewLayout(cfg.Memory)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	sys, err := kvm.Open()
+	if err != nil {
+		return nil, err
+	}
+	vm = &VM{cfg: cfg, log: cfg.Log, sys: sys, layout: layout, done: make(chan struct{})}
+	vm.cond = sync.NewCond(&vm.mu)
+	defer func() {
+		if err != nil {
+			vm.Close()
+			vm = nil
+		}
+	}()
+	if cfg.VCPUs > sys.MaxVCPUs() {
+		return nil, fmt.Errorf("%w: %d vCPUs requested, this host's KVM allows at most %d", ErrBadConfig, cfg.VCPUs, sys.MaxVCPUs())
+	}
+	if vm.kvm, err = sys.CreateVM(); err != nil {
+		return nil, err
+	}
+	if err = vm.kvm.SetTSSAddr(tssAddr); err != nil {
+		return nil, err
+	}
+	if err = vm.kvm.SetIdentityMapAddr(identityMapAddr); err != nil {
+		return nil, err
+	}
+	if err = vm.kvm.CreateIRQChip(); err != nil {
+		return nil, err
+	}
+	if err = vm.kvm.CreatePIT2(); err != nil {
+		return nil, err
+	}
+	if vm.mem, err = kvm.NewMemory(layout.Size()); err != nil {
+		return nil, err
+	}
+	if err = vm.mapMemory(); err != nil {
+		return nil, err
+	}
+	if err = vm.load(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	vm.setupDevices()
+	if err = vm.createVCPUs(); err != nil {
+		return nil, err
+	}
+	return vm, nil
+}
+
+func (vm *VM) mapMemory() error {
+	below, err := vm.subMemory(0, vm.layout.Below4G)
+	if err != nil {
+		return err
+	}
+	if err := vm.kvm.SetUserMemoryRegion(0, 0, below); err != nil {
+		return err
+	}
+	if vm.layout.Above4G > 0 {
+		above, err := vm.subMemory(vm.layout.Below4G, vm.layout.Above4G)
+		if err != nil {
+			return err
+		}
+		if err := vm.kvm.SetUserMemoryRegion(1, boot.FourGiB, above); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// subMemory views part of guest RAM as a kvm.Memory for a memory slot.
+func (vm *VM) subMemory(off, n uint64) (*kvm.Memory, error) {
+	return kvm.MemoryView(vm.mem, off, n)
+}
+
+func (vm *VM) load() error {
+	cmdline := vm.cfg.Cmdline
+	p := boot.Params{Kernel: vm.cfg.Kernel, Initrd: vm.cfg.Initrd, VCPUs: vm.cfg.VCPUs}
+	if k := boot.Probe(vm.cfg.Kernel); vm.sys.PVM() && vm.cfg.PVMWorkarounds && (k == boot.KindBzImage || k == boot.KindPVH) {
+		cmdline = appendCmdline(cmdline, PVMCmdline)
+		vm.log.Infof("PVM host: appended to the guest command line: %s", PVMCmdline)
+	}
+	p.Cmdline = cmdline
+	e, err := boot.Load(vm.Mem(), p)
+	if err != nil {
+		return err
+	}
+	vm.entry = e
+	vm.log.Debugf("loaded %s, entry %#x", e.Kind, e.RIP)
+	return nil
+}
+
+func appendCmdline(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + " " + b
+}
+
+func (vm *VM) setupDevices() {
+	vm.PIO = devices.NewBus("pio", vm.log)
+	vm.MMIO = devices.NewBus("mmio", vm.log)
+	vm.Serial = devices.NewSerial(vm.cfg.Serial, vm.irqFunc(4))
+	must := func(err error) {
+		if err != nil {
+			// Fixed, non-overlapping wiring: a failure is a programming error.
+			panic(err)
+		}
+	}
+	must(vm.PIO.Register("serial0", 0x3f8, 8, vm.Serial))
+	must(vm.PIO.Register("i8042", 0x60, 5, devices.NewI8042(func() { vm.requestExit(ExitReset, nil) })))
+	must(vm.PIO.Register("cmos", 0x70, 2, devices.NewCMOS(vm.layout.Below4G, vm.layout.Above4G, nil)))
+	must(vm.PIO.Register("pci-config", 0xcf8, 8, &devices.PCIConfig{}))
+	must(vm.PIO.Register("post", 0x80, 1, devices.Sink{}))
+	must(vm.PIO.Register("delay", 0xed, 1, devices.Sink{}))
+}
+
+// irqFunc returns a level setter for ISA interrupt line irq.
+func (vm *VM) irqFunc(irq uint32) func(bool) {
+	return func(level bool) {
+		if err := vm.kvm.IRQLine(irq, level); err != nil {
+			vm.log.Errorf("serial interrupt: %v", err)
+		}
+	}
+}
+
+func (vm *VM) createVCPUs() error {
+	base, err := vm.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	for i := 0; i < vm.cfg.VCPUs; i++ {
+		c, err := vm.kvm.CreateVCPU(i)
+		if err != nil {
+			return err
+		}
+		vm.vcpus = append(vm.vcpus, c)
+		if err := c.SetCPUID2(cpuidFor(base, i, vm.cfg.VCPUs)); err != nil {
+			return err
+		}
+		if err := setLINT(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setLINT wires LINT0 as ExtINT and LINT1 as NMI, as a PC BIOS leaves them,
+// so the in-kernel PIC's interrupts reach a guest that never programs its
+// local APIC (the timer test guest, early Linux).
+func setLINT(c *kvm.VCPU) error {
+	l, err := c.LAPIC()
+	if err != nil {
+		return err
+	}
+	const lvt0, lvt1 = 0x350, 0x360
+	const dmExtINT, dmNMI = 0x700, 0x400
+	l.SetReg32(lvt0, l.Reg32(lvt0)&^0x10700|dmExtINT)
+	l.SetReg32(lvt1, l.Reg32(lvt1)&^0x10700|dmNMI)
+	return c.SetLAPIC(l)
+}
+
+// Mem is guest RAM with its layout.
+func (vm *VM) Mem() boot.Mem { return boot.Mem{L: vm.layout, B: vm.mem.Bytes()} }
+
+// VCPUCount is the number of vCPUs.
+func (vm *VM) VCPUCount() int { return len(vm.vcpus) }
+
+// PVM reports whether the host KVM is the nested PVM flavour.
+func (vm *VM) PVM() bool { return vm.sys.PVM() }
+
+// Entry is what the loader found and how the VM is entered.
+func (vm *VM) Entry() boot.Entry { return *vm.entry }
+
+// State returns the current life-cycle state.
+func (vm *VM) State() State {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.state
+}
+
+// Start sets the vCPUs' boot registers and starts one goroutine per vCPU.
+// With paused, the vCPUs park before their first KVM_RUN (QEMU's -S) and
+// the VM is in StatePaused until Resume.
+func (vm *VM) Start(paused bool) error {
+	vm.mu.Lock()
+	if vm.state != StateCreated {
+		s := vm.state
+		vm.mu.Unlock()
+		return fmt.Errorf("start VM: VM is %s, not created", s)
+	}
+	vm.mu.Unlock()
+	for _, c := range vm.vcpus {
+		if c.ID() == 0 || vm.entry.AllVCPUs {
+			if err := setBootRegs(c, vm.entry, len(vm.vcpus), vm.layout.Size()); err != nil {
+				return err
+			}
+		}
+	}
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	to := StateRunning
+	if paused {
+		to = StatePaused
+		vm.req = reqPause
+	}
+	vm.state = to
+	vm.running = len(vm.vcpus)
+	for _, c := range vm.vcpus {
+		go vm.runVCPU(c)
+	}
+	if paused {
+		for vm.parked < len(vm.vcpus) && vm.state != StateShutdown {
+			vm.cond.Wait()
+		}
+	}
+	return nil
+}
+
+// Pause stops every vCPU outside KVM_RUN, with any pending I/O exit
+// completed, and returns once all are parked. VM-wide state (irqchip, PIT,
+// clock) may be read only after Pause returns.
+func (vm *VM) Pause() error {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	switch vm.state {
+	case StatePaused:
+		return nil
+	case StateRunning:
+	default:
+		return fmt.Errorf("pause VM: VM is %s", vm.state)
+	}
+	vm.req = reqPause
+	if err := vm.kickAll(); err != nil {
+		return err
+	}
+	for vm.parked < vm.running && vm.state != StateShutdown {
+		vm.cond.Wait()
+	}
+	if vm.state == StateShutdown {
+		return fmt.Errorf("pause VM: VM shut down (%s)", vm.exit.Kind)
+	}
+	vm.state = StatePaused
+	return nil
+}
+
+// Resume lets parked vCPUs enter KVM_RUN again.
+func (vm *VM) Resume() error {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if !canTransition(vm.state, StateRunning) || vm.state == StateCreated {
+		return fmt.Errorf("resume VM: VM is %s, not paused", vm.state)
+	}
+	vm.req = reqNone
+	vm.state = StateRunning
+	vm.cond.Broadcast()
+	return nil
+}
+
+func (vm *VM) kickAll() error {
+	var errs []error
+	for _, c := range vm.vcpus {
+		if err := c.Kick(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Stop asks the VM to shut down (ExitQuit) and waits for the vCPUs to end.
+func (vm *VM) Stop() Exit {
+	vm.requestExit(ExitQuit, nil)
+	return vm.Wait()
+}
+
+// requestExit records the first reason the VM ends and tells every vCPU.
+func (vm *VM) requestExit(kind ExitKind, err error) {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if vm.exit.Kind == ExitNone {
+		vm.exit = Exit{Kind: kind, Err: err}
+	}
+	if vm.state == StateCreated {
+		vm.state = StateShutdown
+		close(vm.done)
+		return
+	}
+	vm.req = reqStop
+	if kerr := vm.kickAll(); kerr != nil {
+		vm.log.Errorf("stop VM: %v", kerr)
+	}
+	vm.cond.Broadcast()
+}
+
+// Done is closed when the VM has shut down and every vCPU goroutine ended.
+func (vm *VM) Done() <-chan struct{} { return vm.done }
+
+// Wait blocks until the VM shuts down and returns why.
+func (vm *VM) Wait() Exit {
+	<-vm.done
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.exit
+}
+
+// WaitTimeout is Wait with a limit, for tests and shutdown paths.
+func (vm *VM) WaitTimeout(d time.Duration) (Exit, bool) {
+	select {
+	case <-vm.done:
+		return vm.Wait(), true
+	case <-time.After(d):
+		return Exit{}, false
+	}
+}
+
+// Close stops the VM if it runs and releases vCPUs, memory and KVM fds.
+func (vm *VM) Close() error {
+	vm.mu.Lock()
+	started := vm.state != StateCreated && vm.state != StateShutdown
+	if vm.closed {
+		vm.mu.Unlock()
+		return nil
+	}
+	vm.mu.Unlock()
+	if started {
+		vm.Stop()
+	}
+	vm.mu.Lock()
+	vm.closed = true
+	vm.mu.Unlock()
+	var errs []error
+	for _, c := range vm.vcpus {
+		errs = append(errs, c.Close())
+	}
+	if vm.kvm != nil {
+		errs = append(errs, vm.kvm.Close())
+	}
+	if vm.mem != nil {
+		errs = append(errs, vm.mem.Close())
+	}
+	if vm.sys != nil {
+		errs = append(errs, vm.sys.Close())
+	}
+	return errors.Join(errs...)
+}
