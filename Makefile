@@ -1,0 +1,45 @@
+# snapvmm build, test and guest targets. `make run` and `make test` are the
+# two commands of the README.
+GO       ?= go
+BUILD    := build
+BIN      := $(BUILD)/snapvmm
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+GUESTS   := hello counter timer smp
+GUESTSRC := testdata/guests/src
+GUEST_CACHE ?= $(HOME)/.cache/snapvmm/guest
+
+.PHONY: all build test e2e run testguests guest clean vet fmt
+
+all: build
+
+build: $(BIN)
+
+$(BIN): $(shell find . -name '*.go' -not -path './build/*') go.mod go.sum
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/snapvmm
+
+# Unit tests and the tiny-guest KVM tests (they skip, saying why, when
+# /dev/kvm cannot be opened).
+test: build
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+
+# Rebuild the committed test-guest ELF files (needs GNU as and ld).
+testguests:
+	@mkdir -p $(BUILD)/guests
+	as --64 -o $(BUILD)/guests/start.o $(GUESTSRC)/start.s
+	as --64 -o $(BUILD)/guests/lib.o $(GUESTSRC)/lib.s
+	@for g in $(GUESTS); do \
+		as --64 -o $(BUILD)/guests/$$g.o $(GUESTSRC)/$$g.s && \
+		ld -static -nostdlib -z max-page-size=4096 --no-warn-rwx-segments -T $(GUESTSRC)/link.ld \
+			-o testdata/guests/$$g $(BUILD)/guests/start.o $(BUILD)/guests/lib.o $(BUILD)/guests/$$g.o || exit 1; \
+		echo "built testdata/guests/$$g"; \
+	done
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,22 @@
+# hello: prints a greeting from ring 3 and resets the machine through the
+# i8042, so `snapvmm run` ends with status 0.
+	.code64
+	.text
+	.global guest_main
+guest_main:
+	lea	user_main(%rip), %rdi
+	lea	user_stack_top(%rip), %rsi
+	jmp	enter_user
+
+user_main:
+	lea	msg(%rip), %rdi
+	call	puts
+	call	reset
+
+	.section .rodata
+msg:	.asciz	"Hello from the snapvmm hello guest (ring 3)\n"
+
+	.bss
+	.align	16
+	.space	16384
+user_stack_top:
