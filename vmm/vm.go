@@ -124,14 +124,16 @@ func New(cfg Config) (vm *VM, err error) {
 	if err != nil {
 		return nil, err
 	}
-	vm = &VM{cfg: cfg, log: cfg.Log, sys: sys, layout: layout, done: make(chan struct{})}
-	vm.cond = sync.NewCond(&vm.mu)
+	v := &VM{cfg: cfg, log: cfg.Log, sys: sys, layout: layout, done: make(chan struct{})}
+	v.cond = sync.NewCond(&v.mu)
 	defer func() {
+		// The named result is nil on error returns, so close the VM
+		// being built through its own variable.
 		if err != nil {
-			vm.Close()
-			vm = nil
+			v.Close()
 		}
 	}()
+	vm = v
 	if cfg.VCPUs > sys.MaxVCPUs() {
 		return nil, fmt.Errorf("%w: %d vCPUs requested, this host's KVM allows at most %d", ErrBadConfig, cfg.VCPUs, sys.MaxVCPUs())
 	}
