@@ -1,0 +1,846 @@
+package block
+
+import (
+	"bytes"
+	"compress/flate"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+)
+
+// Qcow2 is a qcow2 image (version 2 or 3). Metadata updates are written
+// through to the file in an order that can leak clusters on a crash but
+// never leaves a reference to a cluster whose refcount is too low:
+// refcounts are raised before a reference is written and lowered after it
+// is removed, and tables are switched by one header write after the new
+// table is on disk.
+type Qcow2 struct {
+	mu       sync.Mutex
+	name     string
+	f        *os.File
+	ro       bool
+	h        header
+	cbits    uint
+	cs       uint64
+	l2bits   uint
+	l2n      uint64 // entries per L2 table
+	l1       []uint64
+	rt       []uint64
+	rcBits   uint64 // bits per refcount entry
+	rcPerBlk uint64
+	rcBlocks map[uint64][]byte // refcount blocks by offset
+	l2c      *l2Cache
+	snaps    []qsnap
+	snapTbl  uint64 // on-disk bytes of the snapshot table
+	end      uint64 // first cluster index past every cluster in use
+	hint     uint64 // no free cluster below this index
+	lastCmp  struct {
+		off  uint64
+		data []byte
+	}
+}
+
+// OpenQcow2 opens a qcow2 image.
+func OpenQcow2(path, name string, readOnly bool) (q *Qcow2, err error) {
+	flag := os.O_RDWR
+	if readOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open qcow2 %q: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			err = fmt.Errorf("open qcow2 %q: %w", path, err)
+		}
+	}()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	fsize := uint64(st.Size())
+	hb := make([]byte, 4096)
+	n, err := f.ReadAt(hb, 0)
+	if err != nil && err != io.EOF {
+		return nil, err
+	}
+	h, err := parseHeader(hb[:n], fsize)
+	if err != nil {
+		return nil, err
+	}
+	q = &Qcow2{name: name, f: f, ro: readOnly, h: h, cbits: uint(h.clusterBits)}
+	q.cs = 1 << q.cbits
+	q.l2bits = q.cbits - 3
+	q.l2n = q.cs / 8
+	q.rcBits = 1 << h.refcountOrder
+	q.rcPerBlk = q.cs * 8 / q.rcBits
+	q.rcBlocks = map[uint64][]byte{}
+	q.l2c = newL2Cache(64)
+	if !readOnly && h.incompat&incompatCorrupt != 0 {
+		return nil, errors.New("image is marked corrupt: open it read-only or repair it with qemu-img check -r all")
+	}
+	if !readOnly && q.rcBits != 16 {
+		return nil, fmt.Errorf("refcount width %d bits: only 16-bit refcounts can be written (open read-only)", q.rcBits)
+	}
+	hdrCluster := make([]byte, q.cs)
+	if _, err := f.ReadAt(hdrCluster, 0); err != nil && err != io.EOF {
+		return nil, err
+	}
+	if err := parseExtensions(hdrCluster, h.headerLen); err != nil {
+		return nil, err
+	}
+	if q.l1, err = q.readTable(h.l1Offset, uint64(h.l1Size)); err != nil {
+		return nil, fmt.Errorf("read L1 table: %w", err)
+	}
+	if q.rt, err = q.readTable(h.rtOffset, uint64(h.rtClusters)*q.cs/8); err != nil {
+		return nil, fmt.Errorf("read refcount table: %w", err)
+	}
+	for i, e := range q.rt {
+		if off := e &^ 0x1ff; off != 0 && (off%q.cs != 0 || off+q.cs > fsize) {
+			return nil, fmt.Errorf("refcount block %d at %#x is unaligned or past the end of the file", i, off)
+		}
+	}
+	if q.snaps, err = q.readSnapshots(fsize); err != nil {
+		return nil, err
+	}
+	q.end = (fsize + q.cs - 1) >> q.cbits
+	if !readOnly && h.version == 3 && h.autoclear != 0 {
+		// Unknown autoclear features (e.g. bitmaps) are invalid once the
+		// image is modified; the spec says to clear them.
+		if err := q.writeHeaderField(hdrOffAutoclear, binary.BigEndian.AppendUint64(nil, 0)); err != nil {
+			return nil, err
+		}
+		q.h.autoclear = 0
+	}
+	return q, nil
+}
+
+// readTable reads n big-endian u64 entries at off.
+func (q *Qcow2) readTable(off, n uint64) ([]uint64, error) {
+	b := make([]byte, n*8)
+	if n == 0 {
+		return nil, nil
+	}
+	if _, err := q.f.ReadAt(b, int64(off)); err != nil {
+		return nil, fmt.Errorf("table at %#x: %w", off, err)
+	}
+	t := make([]uint64, n)
+	for i := range t {
+		t[i] = binary.BigEndian.Uint64(b[8*i:])
+	}
+	return t, nil
+}
+
+func encodeTable(t []uint64, size uint64) []byte {
+	b := make([]byte, size)
+	for i, e := range t {
+		binary.BigEndian.PutUint64(b[8*i:], e)
+	}
+	return b
+}
+
+func (q *Qcow2) writeAt(b []byte, off uint64) error {
+	if _, err := q.f.WriteAt(b, int64(off)); err != nil {
+		return fmt.Errorf("qcow2 %q: write %d bytes at %#x: %w", q.name, len(b), off, err)
+	}
+	return nil
+}
+
+func (q *Qcow2) writeHeaderField(off uint64, b []byte) error { return q.writeAt(b, off) }
+
+func (q *Qcow2) sync() error {
+	if err := q.f.Sync(); err != nil {
+		return fmt.Errorf("qcow2 %q: flush: %w", q.name, err)
+	}
+	return nil
+}
+
+// Name implements Node.
+func (q *Qcow2) Name() string { return q.name }
+
+// Format implements Node.
+func (q *Qcow2) Format() string { return "qcow2" }
+
+// Filename implements Node.
+func (q *Qcow2) Filename() string { return q.f.Name() }
+
+// Size implements Node.
+func (q *Qcow2) Size() uint64 { return q.h.size }
+
+// ReadOnly implements Node.
+func (q *Qcow2) ReadOnly() bool { return q.ro }
+
+// ClusterSize is the image's cluster size in bytes.
+func (q *Qcow2) ClusterSize() uint64 { return q.cs }
+
+// Version is the qcow2 version (2 or 3).
+func (q *Qcow2) Version() uint32 { return q.h.version }
+
+// RefcountBits is the refcount entry width.
+func (q *Qcow2) RefcountBits() uint64 { return q.rcBits }
+
+// Flush implements Node.
+func (q *Qcow2) Flush() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.sync()
+}
+
+// Close implements Node.
+func (q *Qcow2) Close() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var err error
+	if !q.ro {
+		err = q.sync()
+	}
+	return errors.Join(err, q.f.Close())
+}
+
+// --- refcounts ---
+
+func (q *Qcow2) rcBlock(off uint64) ([]byte, error) {
+	if b, ok := q.rcBlocks[off]; ok {
+		return b, nil
+	}
+	b := make([]byte, q.cs)
+	if _, err := q.f.ReadAt(b, int64(off)); err != nil {
+		return nil, fmt.Errorf("read refcount block at %#x: %w", off, err)
+	}
+	if len(q.rcBlocks) > 256 {
+		clear(q.rcBlocks) // write-through cache: dropping entries loses nothing
+	}
+	q.rcBlocks[off] = b
+	return b, nil
+}
+
+func (q *Qcow2) rcGet(b []byte, i uint64) uint64 {
+	switch q.rcBits {
+	case 16:
+		return uint64(binary.BigEndian.Uint16(b[2*i:]))
+	case 32:
+		return uint64(binary.BigEndian.Uint32(b[4*i:]))
+	case 64:
+		return binary.BigEndian.Uint64(b[8*i:])
+	case 8:
+		return uint64(b[i])
+	}
+	per := 8 / q.rcBits // 1, 2, 4 bits: most significant bits first? qcow2 packs from the LSB
+	shift := (i % per) * q.rcBits
+	return uint64(b[i/per]>>shift) & (1<<q.rcBits - 1)
+}
+
+// refcount returns the refcount of cluster c.
+func (q *Qcow2) refcount(c uint64) (uint64, error) {
+	idx := c / q.rcPerBlk
+	if idx >= uint64(len(q.rt)) || q.rt[idx]&^0x1ff == 0 {
+		return 0, nil
+	}
+	b, err := q.rcBlock(q.rt[idx] &^ 0x1ff)
+	if err != nil {
+		return 0, err
+	}
+	return q.rcGet(b, c%q.rcPerBlk), nil
+}
+
+// setRefcount writes cluster c's refcount; its block must exist.
+func (q *Qcow2) setRefcount(c, v uint64) error {
+	if v > 0xffff {
+		return fmt.Errorf("refcount of cluster %d would overflow", c)
+	}
+	idx := c / q.rcPerBlk
+	if err := q.ensureRCBlock(idx); err != nil {
+		return err
+	}
+	off := q.rt[idx] &^ 0x1ff
+	b, err := q.rcBlock(off)
+	if err != nil {
+		return err
+	}
+	i := c % q.rcPerBlk
+	binary.BigEndian.PutUint16(b[2*i:], uint16(v))
+	if err := q.writeAt(b[2*i:2*i+2], off+2*i); err != nil {
+		return err
+	}
+	if v == 0 && c < q.hint {
+		q.hint = c
+	}
+	if v > 0 && c >= q.end {
+		q.end = c + 1
+	}
+	return nil
+}
+
+// addRefcount adds d (±) to cluster c's refcount.
+func (q *Qcow2) addRefcount(c uint64, d int64) error {
+	r, err := q.refcount(c)
+	if err != nil {
+		return err
+	}
+	if d < 0 && r < uint64(-d) {
+		return fmt.Errorf("refcount of cluster %d (offset %#x) would drop below zero: image corrupt", c, c<<q.cbits)
+	}
+	return q.setRefcount(c, uint64(int64(r)+d))
+}
+
+// findFree returns the first run of n clusters with refcount 0.
+func (q *Qcow2) findFree(n uint64) (uint64, error) {
+	c, run := q.hint, uint64(0)
+	for run < n {
+		r, err := q.refcount(c + run)
+		if err != nil {
+			return 0, err
+		}
+		if r == 0 {
+			run++
+		} else {
+			c, run = c+run+1, 0
+		}
+	}
+	return c, nil
+}
+
+// ensureRCBlock makes sure refcount block idx exists, allocating it (and
+// growing the refcount table) when needed.
+func (q *Qcow2) ensureRCBlock(idx uint64) error {
+	for {
+		if idx >= uint64(len(q.rt)) {
+			if err := q.growRefcountTable(idx + 1); err != nil {
+				return err
+			}
+			continue
+		}
+		if q.rt[idx]&^0x1ff != 0 {
+			return nil
+		}
+		b, err := q.findFree(1)
+		if err != nil {
+			return err
+		}
+		blk := make([]byte, q.cs)
+		if b/q.rcPerBlk == idx {
+			// The block describes itself.
+			binary.BigEndian.PutUint16(blk[2*(b%q.rcPerBlk):], 1)
+			if err := q.writeAt(blk, b<<q.cbits); err != nil {
+				return err
+			}
+		} else {
+			other := b / q.rcPerBlk
+			if other >= uint64(len(q.rt)) || q.rt[other]&^0x1ff == 0 {
+				if err := q.ensureRCBlock(other); err != nil {
+					return err
+				}
+				continue // that allocation may have taken cluster b
+			}
+			if err := q.writeAt(blk, b<<q.cbits); err != nil {
+				return err
+			}
+			if err := q.setRefcount(b, 1); err != nil {
+				return err
+			}
+		}
+		q.rcBlocks[b<<q.cbits] = blk
+		q.rt[idx] = b << q.cbits
+		if b >= q.end {
+			q.end = b + 1
+		}
+		return q.writeAt(binary.BigEndian.AppendUint64(nil, q.rt[idx]), q.h.rtOffset+8*idx)
+	}
+}
+
+// growRefcountTable moves the refcount table to the end of the image with
+// room for at least min entries, together with the refcount blocks that
+// describe the new table and themselves.
+func (q *Qcow2) growRefcountTable(min uint64) error {
+	perCluster := q.cs / 8
+	n := uint64(len(q.rt)) * 2
+	if n < min {
+		n = min
+	}
+	start := q.end
+	var tc, nb uint64
+	var newBlocks []uint64 // block indexes to create
+	for {
+		n = (n + perCluster - 1) / perCluster * perCluster
+		tc = n / perCluster
+		newBlocks = newBlocks[:0]
+		end := start + tc + nb
+		for idx := start / q.rcPerBlk; idx <= (end-1)/q.rcPerBlk; idx++ {
+			if idx >= uint64(len(q.rt)) || q.rt[idx]&^0x1ff == 0 {
+				newBlocks = append(newBlocks, idx)
+			}
+		}
+		last := (end - 1) / q.rcPerBlk
+		if uint64(len(newBlocks)) == nb && last < n {
+			break
+		}
+		nb = uint64(len(newBlocks))
+		if last >= n {
+			n = last + 1
+		}
+	}
+	if uint64(n)*8 > maxRefTableBytes {
+		return fmt.Errorf("refcount table would exceed %d bytes", maxRefTableBytes)
+	}
+	end := start + tc + nb
+	rt := make([]uint64, n)
+	copy(rt, q.rt)
+	blocks := map[uint64][]byte{}
+	for k, idx := range newBlocks {
+		c := start + tc + uint64(k)
+		rt[idx] = c << q.cbits
+		blocks[idx] = make([]byte, q.cs)
+	}
+	// Refcounts of the new table and blocks: in a new block, or in an
+	// existing one (written in place before anything points at them).
+	for c := start; c < end; c++ {
+		idx := c / q.rcPerBlk
+		if b, ok := blocks[idx]; ok {
+			binary.BigEndian.PutUint16(b[2*(c%q.rcPerBlk):], 1)
+			continue
+		}
+		b, err := q.rcBlock(rt[idx] &^ 0x1ff)
+		if err != nil {
+			return err
+		}
+		i := c % q.rcPerBlk
+		binary.BigEndian.PutUint16(b[2*i:], 1)
+		if err := q.writeAt(b[2*i:2*i+2], (rt[idx]&^0x1ff)+2*i); err != nil {
+			return err
+		}
+	}
+	for idx, b := range blocks {
+		if err := q.writeAt(b, rt[idx]&^0x1ff); err != nil {
+			return err
+		}
+		q.rcBlocks[rt[idx]&^0x1ff] = b
+	}
+	if err := q.writeAt(encodeTable(rt, tc*q.cs), start<<q.cbits); err != nil {
+		return err
+	}
+	if err := q.sync(); err != nil {
+		return err
+	}
+	hdr := binary.BigEndian.AppendUint64(nil, start<<q.cbits)
+	hdr = binary.BigEndian.AppendUint32(hdr, uint32(tc))
+	if err := q.writeHeaderField(hdrOffRT, hdr); err != nil {
+		return err
+	}
+	if err := q.sync(); err != nil {
+		return err
+	}
+	oldOff, oldClusters := q.h.rtOffset, uint64(q.h.rtClusters)
+	q.rt, q.h.rtOffset, q.h.rtClusters = rt, start<<q.cbits, uint32(tc)
+	q.end = end
+	return q.freeClusters(oldOff, oldClusters*q.cs)
+}
+
+// alloc allocates n contiguous clusters (refcount 1) and returns the
+// offset of the first.
+func (q *Qcow2) alloc(n uint64) (uint64, error) {
+	for {
+		c, err := q.findFree(n)
+		if err != nil {
+			return 0, err
+		}
+		// Create missing refcount blocks first; they may take clusters of
+		// the run just found, in which case search again.
+		again := false
+		for idx := c / q.rcPerBlk; idx <= (c+n-1)/q.rcPerBlk; idx++ {
+			if idx >= uint64(len(q.rt)) || q.rt[idx]&^0x1ff == 0 {
+				if err := q.ensureRCBlock(idx); err != nil {
+					return 0, err
+				}
+				again = true
+			}
+		}
+		if again {
+			continue
+		}
+		for i := uint64(0); i < n; i++ {
+			if err := q.setRefcount(c+i, 1); err != nil {
+				return 0, err
+			}
+		}
+		q.hint = c + n
+		return c << q.cbits, nil
+	}
+}
+
+// freeClusters lowers the refcount of every cluster touched by
+// [off, off+size).
+func (q *Qcow2) freeClusters(off, size uint64) error {
+	if size == 0 {
+		return nil
+	}
+	for c := off >> q.cbits; c <= (off+size-1)>>q.cbits; c++ {
+		if err := q.addRefcount(c, -1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// --- L2 tables and clusters ---
+
+type l2Cache struct {
+	max   int
+	tick  uint64
+	items map[uint64]*l2Item
+}
+
+type l2Item struct {
+	t    []uint64
+	used uint64
+}
+
+func newL2Cache(max int) *l2Cache { return &l2Cache{max: max, items: map[uint64]*l2Item{}} }
+
+func (c *l2Cache) get(off uint64) ([]uint64, bool) {
+	it, ok := c.items[off]
+	if !ok {
+		return nil, false
+	}
+	c.tick++
+	it.used = c.tick
+	return it.t, true
+}
+
+func (c *l2Cache) put(off uint64, t []uint64) {
+	if len(c.items) >= c.max {
+		var oldest uint64
+		var oldUsed uint64 = ^uint64(0)
+		for k, it := range c.items {
+			if it.used < oldUsed {
+				oldest, oldUsed = k, it.used
+			}
+		}
+		delete(c.items, oldest)
+	}
+	c.tick++
+	c.items[off] = &l2Item{t: t, used: c.tick}
+}
+
+func (q *Qcow2) loadL2(off uint64) ([]uint64, error) {
+	if t, ok := q.l2c.get(off); ok {
+		return t, nil
+	}
+	if off%q.cs != 0 {
+		return nil, fmt.Errorf("L2 table offset %#x is not cluster aligned: image corrupt", off)
+	}
+	t, err := q.readTable(off, q.l2n)
+	if err != nil {
+		return nil, fmt.Errorf("read L2 table: %w", err)
+	}
+	q.l2c.put(off, t)
+	return t, nil
+}
+
+func (q *Qcow2) writeL2Entry(l2off, i, e uint64, t []uint64) error {
+	t[i] = e
+	return q.writeAt(binary.BigEndian.AppendUint64(nil, e), l2off+8*i)
+}
+
+func (q *Qcow2) writeL1Entry(i uint64) error {
+	return q.writeAt(binary.BigEndian.AppendUint64(nil, q.l1[i]), q.h.l1Offset+8*i)
+}
+
+// compressedRange decodes a compressed L2 entry into the host byte range
+// holding the deflate stream.
+func (q *Qcow2) compressedRange(e uint64) (off, size uint64) {
+	x := 62 - (q.cbits - 8)
+	off = e & (1<<x - 1)
+	sectors := (e>>x)&(1<<(62-x)-1) + 1
+	size = sectors*512 - (off & 511)
+	return off, size
+}
+
+// readCompressed inflates one compressed cluster.
+func (q *Qcow2) readCompressed(e uint64) ([]byte, error) {
+	off, size := q.compressedRange(e)
+	if q.lastCmp.data != nil && q.lastCmp.off == e {
+		return q.lastCmp.data, nil
+	}
+	buf := make([]byte, size)
+	n, err := q.f.ReadAt(buf, int64(off))
+	if err != nil && err != io.EOF {
+		return nil, fmt.Errorf("read compressed cluster at %#x: %w", off, err)
+	}
+	out := make([]byte, q.cs)
+	r := flate.NewReader(bytes.NewReader(buf[:n]))
+	if _, err := io.ReadFull(r, out); err != nil {
+		return nil, fmt.Errorf("inflate compressed cluster at %#x: %w", off, err)
+	}
+	q.lastCmp.off, q.lastCmp.data = e, out
+	return out, nil
+}
+
+// readThrough reads guest bytes through L1 table l1.
+func (q *Qcow2) readThrough(l1 []uint64, p []byte, off uint64) error {
+	for len(p) > 0 {
+		vc := off >> q.cbits
+		in := off & (q.cs - 1)
+		n := q.cs - in
+		if n > uint64(len(p)) {
+			n = uint64(len(p))
+		}
+		chunk := p[:n]
+		l1i, l2i := vc>>q.l2bits, vc&(q.l2n-1)
+		var e uint64
+		if l1i < uint64(len(l1)) && l1[l1i]&offsetMask != 0 {
+			t, err := q.loadL2(l1[l1i] & offsetMask)
+			if err != nil {
+				return err
+			}
+			e = t[l2i]
+		}
+		switch {
+		case e&flagCompr != 0:
+			d, err := q.readCompressed(e &^ (flagCopied | flagCompr))
+			if err != nil {
+				return err
+			}
+			copy(chunk, d[in:])
+		case e&offsetMask == 0 || q.h.version == 3 && e&flagZero != 0:
+			clear(chunk)
+		default:
+			host := e & offsetMask
+			m, err := q.f.ReadAt(chunk, int64(host+in))
+			if err != nil && err != io.EOF {
+				return fmt.Errorf("read data cluster at %#x: %w", host, err)
+			}
+			clear(chunk[m:]) // past the end of the file: never written, zeros
+		}
+		p, off = p[n:], off+n
+	}
+	return nil
+}
+
+// growL1 makes the active L1 table hold at least n entries.
+func (q *Qcow2) growL1(n uint64) error {
+	if n <= uint64(len(q.l1)) {
+		return nil
+	}
+	if n*8 > maxL1Bytes {
+		return fmt.Errorf("L1 table of %d entries would be too large", n)
+	}
+	size := (n*8 + q.cs - 1) &^ (q.cs - 1)
+	off, err := q.alloc(size / q.cs)
+	if err != nil {
+		return err
+	}
+	l1 := make([]uint64, n)
+	copy(l1, q.l1)
+	if err := q.writeAt(encodeTable(l1, size), off); err != nil {
+		return err
+	}
+	if err := q.sync(); err != nil {
+		return err
+	}
+	hdr := binary.BigEndian.AppendUint32(nil, uint32(n))
+	hdr = binary.BigEndian.AppendUint64(hdr, off)
+	if err := q.writeHeaderField(hdrOffL1Size, hdr); err != nil {
+		return err
+	}
+	if err := q.sync(); err != nil {
+		return err
+	}
+	oldOff, oldSize := q.h.l1Offset, uint64(len(q.l1))*8
+	q.l1, q.h.l1Offset, q.h.l1Size = l1, off, uint32(n)
+	return q.freeClusters(oldOff, oldSize)
+}
+
+// l2ForWrite returns the active L2 table for L1 index i, allocating it or
+// copying it when it is shared with a snapshot.
+func (q *Qcow2) l2ForWrite(i uint64) (uint64, []uint64, error) {
+	if err := q.growL1(i + 1); err != nil {
+		return 0, nil, err
+	}
+	e := q.l1[i]
+	old := e & offsetMask
+	if old != 0 && e&flagCopied != 0 {
+		t, err := q.loadL2(old)
+		return old, t, err
+	}
+	t := make([]uint64, q.l2n)
+	if old != 0 {
+		src, err := q.loadL2(old)
+		if err != nil {
+			return 0, nil, err
+		}
+		// The data clusters stay shared: their refcounts already count
+		// both tables, so only the COPIED flags go.
+		for j, v := range src {
+			t[j] = v &^ flagCopied
+		}
+	}
+	off, err := q.alloc(1)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := q.writeAt(encodeTable(t, q.cs), off); err != nil {
+		return 0, nil, err
+	}
+	q.l1[i] = off | flagCopied
+	if err := q.writeL1Entry(i); err != nil {
+		return 0, nil, err
+	}
+	q.l2c.put(off, t)
+	if old != 0 {
+		if err := q.freeClusters(old, q.cs); err != nil {
+			return 0, nil, err
+		}
+	}
+	return off, t, nil
+}
+
+// releaseEntry drops the references an L2 entry held.
+func (q *Qcow2) releaseEntry(e uint64) error {
+	switch {
+	case e&flagCompr != 0:
+		off, size := q.compressedRange(e &^ (flagCopied | flagCompr))
+		return q.freeClusters(off, size)
+	case e&offsetMask != 0:
+		return q.freeClusters(e&offsetMask, q.cs)
+	}
+	return nil
+}
+
+// writeThrough writes guest bytes through the active L1, allocating and
+// copying clusters as needed.
+func (q *Qcow2) writeThrough(p []byte, off uint64) error {
+	for len(p) > 0 {
+		vc := off >> q.cbits
+		in := off & (q.cs - 1)
+		n := q.cs - in
+		if n > uint64(len(p)) {
+			n = uint64(len(p))
+		}
+		l1i, l2i := vc>>q.l2bits, vc&(q.l2n-1)
+		l2off, t, err := q.l2ForWrite(l1i)
+		if err != nil {
+			return err
+		}
+		e := t[l2i]
+		zeroFlag := q.h.version == 3 && e&flagZero != 0
+		if e&flagCopied != 0 && e&flagCompr == 0 && e&offsetMask != 0 && !zeroFlag {
+			if err := q.writeAt(p[:n], (e&offsetMask)+in); err != nil {
+				return err
+			}
+			p, off = p[n:], off+n
+			continue
+		}
+		buf := make([]byte, q.cs)
+		if n < q.cs {
+			// Partial write to an unowned cluster: start from its contents.
+			if err := q.readThrough(q.l1, buf, vc<<q.cbits); err != nil {
+				return err
+			}
+		}
+		copy(buf[in:], p[:n])
+		nc, err := q.alloc(1)
+		if err != nil {
+			return err
+		}
+		if err := q.writeAt(buf, nc); err != nil {
+			return err
+		}
+		if err := q.writeL2Entry(l2off, l2i, nc|flagCopied, t); err != nil {
+			return err
+		}
+		if err := q.releaseEntry(e); err != nil {
+			return err
+		}
+		p, off = p[n:], off+n
+	}
+	return nil
+}
+
+func (q *Qcow2) checkRange(n int, off int64) error {
+	if off < 0 || uint64(off)+uint64(n) > q.h.size {
+		return fmt.Errorf("qcow2 %q: access [%d,+%d) outside %d bytes", q.name, off, n, q.h.size)
+	}
+	return nil
+}
+
+// ReadAt implements Node.
+func (q *Qcow2) ReadAt(p []byte, off int64) (int, error) {
+	if err := q.checkRange(len(p), off); err != nil {
+		return 0, err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if err := q.readThrough(q.l1, p, uint64(off)); err != nil {
+		return 0, fmt.Errorf("qcow2 %q: %w", q.name, err)
+	}
+	return len(p), nil
+}
+
+// WriteAt implements Node.
+func (q *Qcow2) WriteAt(p []byte, off int64) (int, error) {
+	if q.ro {
+		return 0, fmt.Errorf("write qcow2 %q: %w", q.name, ErrReadOnly)
+	}
+	if err := q.checkRange(len(p), off); err != nil {
+		return 0, err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if err := q.writeThrough(p, uint64(off)); err != nil {
+		return 0, fmt.Errorf("qcow2 %q: %w", q.name, err)
+	}
+	return len(p), nil
+}
+
+// Discard deallocates whole clusters in [off, off+n) so they read as zeros
+// and their space is freed; partial clusters at the edges are zeroed.
+func (q *Qcow2) Discard(off, n int64) error {
+	if q.ro {
+		return fmt.Errorf("discard qcow2 %q: %w", q.name, ErrReadOnly)
+	}
+	if err := q.checkRange(int(n), off); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.discard(uint64(off), uint64(n))
+}
+
+func (q *Qcow2) discard(off, n uint64) error {
+	for n > 0 {
+		in := off & (q.cs - 1)
+		m := q.cs - in
+		if m > n {
+			m = n
+		}
+		if m < q.cs {
+			if err := q.writeThrough(make([]byte, m), off); err != nil {
+				return err
+			}
+		} else {
+			vc := off >> q.cbits
+			l1i, l2i := vc>>q.l2bits, vc&(q.l2n-1)
+			if l1i < uint64(len(q.l1)) && q.l1[l1i]&offsetMask != 0 {
+				l2off, t, err := q.l2ForWrite(l1i)
+				if err != nil {
+					return err
+				}
+				if e := t[l2i]; e != 0 {
+					if err := q.writeL2Entry(l2off, l2i, 0, t); err != nil {
+						return err
+					}
+					if err := q.releaseEntry(e); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		off, n = off+m, n-m
+	}
+	return nil
+}
