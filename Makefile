@@ -8,7 +8,7 @@ GUESTS   := hello counter timer smp
 GUESTSRC := testdata/guests/src
 GUEST_CACHE ?= $(HOME)/.cache/snapvmm/guest
 
-.PHONY: all build test e2e run testguests guest clean vet fmt
+.PHONY: all build test e2e run testguests guest guest-deps clean vet fmt
 
 all: build
 
@@ -34,6 +34,30 @@ testguests:
 			-o testdata/guests/$$g $(BUILD)/guests/start.o $(BUILD)/guests/lib.o $(BUILD)/guests/$$g.o || exit 1; \
 		echo "built testdata/guests/$$g"; \
 	done
+
+# The Linux test guest: kernel from Debian's linux-source-6.1 with
+# tests/guest/snapvmm.config (built once, cached by hash in $(GUEST_CACHE)),
+# and a busybox initramfs written by Go code.
+guest-deps:
+	@dpkg -s linux-source-6.1 flex bison bc libelf-dev libssl-dev busybox-static >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq linux-source-6.1 flex bison bc libelf-dev libssl-dev busybox-static; }
+
+guest: $(BUILD)/guest/bzImage $(BUILD)/guest/initramfs.cpio.gz
+
+$(BUILD)/guest/bzImage: tests/guest/snapvmm.config tests/guest/pvm.sed tests/guest/build-kernel.sh
+	GUEST_CACHE=$(GUEST_CACHE) bash tests/guest/build-kernel.sh $(BUILD)/guest
+
+$(BUILD)/guest/initramfs.cpio.gz: tests/guest/mkinitramfs/main.go internal/cpio/cpio.go
+	$(GO) run ./tests/guest/mkinitramfs -o $(BUILD)/guest
+
+# Boot the Linux guest to its shell and run a command (hardware KVM); on a
+# PVM host, check that the kernel reaches Run /init.
+e2e: build guest
+	$(GO) test -count=1 -tags e2e -v -timeout 15m -run 'E2E|Banner' ./tests/linux/
+
+# Build everything and boot the Linux guest with its console here.
+run: build
+	@bash tests/guest/run.sh
 
 vet:
 	$(GO) vet ./...

@@ -66,7 +66,8 @@ func Open() (*System, error) {
 func (s *System) init() error {
 	v, err := gokvm.GetAPIVersion(uintptr(s.fd))
 	if err != nil {
-		return fmt.Errorf("KVM_GET_API_VERSION: %w", err)
+		// Not a KVM device at all (e.g. a stray regular file).
+		return fmt.Errorf("KVM_GET_API_VERSION on %s: %w: %w", DevicePath, ErrUnavailable, err)
 	}
 	if v != 12 {
 		return fmt.Errorf("KVM_GET_API_VERSION: got %d, want 12", v)

@@ -4,11 +4,11 @@
 # the hash of those inputs, and copies bzImage and vmlinux to $1.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:?usage: build-kernel.sh OUTDIR}
+out=$(mkdir -p "${1:?usage: build-kernel.sh OUTDIR}" && cd "$1" && pwd)
 cache=${GUEST_CACHE:-$HOME/.cache/snapvmm/guest}
 src_tar=/usr/src/linux-source-6.1.tar.xz
 [ -f "$src_tar" ] || { echo "build-kernel: $src_tar missing: apt-get install linux-source-6.1" >&2; exit 1; }
-key=$( (cat "$here/snapvmm.config" "$here/pvm.sed" "$0"; ls -l "$src_tar") | sha256sum | cut -c1-16)
+key=$( (cat "$here/snapvmm.config" "$here/pvm.sed"; ls -l "$src_tar") | sha256sum | cut -c1-16)
 dir=$cache/$key
 mkdir -p "$out"
 if [ -f "$dir/bzImage" ] && [ -f "$dir/vmlinux" ]; then
