@@ -10,13 +10,13 @@ import (
 const (
 	qcowMagic = 0x514649fb // "QFI\xfb"
 
-	hdrV2Len     = 72
-	hdrV3MinLen  = 104
-	hdrV3Len     = 112 // with compression_type and padding, as QEMU writes
-	hdrOffL1Size = 36  // l1_size u32, then l1_table_offset u64 at 40
-	hdrOffRT     = 48  // refcount_table_offset u64, then clusters u32 at 56
-	hdrOffSnaps  = 60  // nb_snapshots u32, then snapshots_offset u64 at 64
-	hdrOffIncompat = 72
+	hdrV2Len        = 72
+	hdrV3MinLen     = 104
+	hdrV3Len        = 112 // with compression_type and padding, as QEMU writes
+	hdrOffL1Size    = 36  // l1_size u32, then l1_table_offset u64 at 40
+	hdrOffRT        = 48  // refcount_table_offset u64, then clusters u32 at 56
+	hdrOffSnaps     = 60  // nb_snapshots u32, then snapshots_offset u64 at 64
+	hdrOffIncompat  = 72
 	hdrOffAutoclear = 88
 
 	minClusterBits = 9

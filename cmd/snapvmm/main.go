@@ -42,7 +42,7 @@ Examples:
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(), newImgCmd(), newVersionCmd())
 	return root
 }
 

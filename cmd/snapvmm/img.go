@@ -1,0 +1,252 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/snapvmm/snapvmm/block"
+	"github.com/spf13/cobra"
+)
+
+func newImgCmd() *cobra.Command {
+	img := &cobra.Command{
+		Use:   "img",
+		Short: "Create, inspect, check and snapshot disk images (like qemu-img)",
+		Long: `Disk image tools that mirror qemu-img and stay interchangeable with it.
+
+Examples:
+  snapvmm img create -f qcow2 disk.qcow2 1G
+  snapvmm img create -f qcow2 -o cluster_size=4096,compat=0.10 small.qcow2 64M
+  snapvmm img info disk.qcow2
+  snapvmm img check -r leaks disk.qcow2
+  snapvmm img snapshot -c before-upgrade disk.qcow2
+  snapvmm img snapshot -l disk.qcow2`,
+	}
+	img.AddCommand(newImgCreateCmd(), newImgInfoCmd(), newImgCheckCmd(), newImgSnapshotCmd())
+	return img
+}
+
+func newImgCreateCmd() *cobra.Command {
+	var format, opts string
+	cmd := &cobra.Command{
+		Use:   "create [-f qcow2|raw] [-o cluster_size=N,compat=0.10|1.1] PATH SIZE",
+		Short: "Create an image",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			size, err := parseImgSize(args[1])
+			if err != nil {
+				return usagef("img create: %v", err)
+			}
+			path := args[0]
+			switch format {
+			case "raw":
+				if opts != "" {
+					return usagef("img create: -o is not supported for raw images")
+				}
+				if err := block.CreateRaw(path, size); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Formatting '%s', fmt=raw size=%d\n", path, size)
+				return nil
+			case "qcow2":
+				o, err := parseCreateOpts(opts)
+				if err != nil {
+					return usagef("img create: %v", err)
+				}
+				if err := block.CreateQcow2(path, size, o); err != nil {
+					return err
+				}
+				cs := o.ClusterSize
+				if cs == 0 {
+					cs = 65536
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Formatting '%s', fmt=qcow2 cluster_size=%d size=%d\n", path, cs, size)
+				return nil
+			}
+			return usagef("img create: format %q: want qcow2 or raw", format)
+		},
+	}
+	cmd.Flags().StringVarP(&format, "format", "f", "qcow2", "image format: qcow2 or raw")
+	cmd.Flags().StringVarP(&opts, "options", "o", "", "qcow2 options: cluster_size=N (512..2M), compat=0.10|1.1")
+	return cmd
+}
+
+// parseImgSize accepts qemu-img sizes: bytes, or K/M/G/T suffixes.
+func parseImgSize(s string) (uint64, error) {
+	if v, err := strconv.ParseUint(s, 10, 64); err == nil {
+		return v, nil
+	}
+	return parseSize(s)
+}
+
+func parseCreateOpts(s string) (block.CreateOptions, error) {
+	var o block.CreateOptions
+	if s == "" {
+		return o, nil
+	}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "cluster_size":
+			n, err := parseImgSize(v)
+			if err != nil {
+				return o, fmt.Errorf("cluster_size=%s: %v", v, err)
+			}
+			o.ClusterSize = n
+		case "compat":
+			switch v {
+			case "0.10":
+				o.Version = 2
+			case "1.1", "v3":
+				o.Version = 3
+			default:
+				return o, fmt.Errorf("compat=%s: want 0.10 or 1.1", v)
+			}
+		default:
+			return o, fmt.Errorf("unknown option %q (supported: cluster_size, compat)", k)
+		}
+	}
+	return o, nil
+}
+
+// openImage probes and opens an image for the img commands.
+func openImage(path string, readOnly bool) (block.Node, error) {
+	format, err := block.ProbeFormat(path)
+	if err != nil {
+		return nil, err
+	}
+	return block.Open(path, format, path, readOnly)
+}
+
+func openQcow2(path string, readOnly bool) (*block.Qcow2, error) {
+	n, err := openImage(path, readOnly)
+	if err != nil {
+		return nil, err
+	}
+	q, ok := n.(*block.Qcow2)
+	if !ok {
+		n.Close()
+		return nil, fmt.Errorf("image %q is %s, which has no internal snapshots or metadata to check", path, n.Format())
+	}
+	return q, nil
+}
+
+func newImgInfoCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "info PATH",
+		Short: "Show an image's format, sizes and snapshots",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := openImage(args[0], true)
+			if err != nil {
+				return err
+			}
+			defer n.Close()
+			writeInfo(cmd.OutOrStdout(), n)
+			return nil
+		},
+	}
+}
+
+func writeInfo(w io.Writer, n block.Node) {
+	fmt.Fprintf(w, "image: %s\nfile format: %s\n", n.Filename(), n.Format())
+	fmt.Fprintf(w, "virtual size: %s (%d bytes)\n", block.SizeToStr(n.Size()), n.Size())
+	var st syscall.Stat_t
+	if syscall.Stat(n.Filename(), &st) == nil {
+		fmt.Fprintf(w, "disk size: %s\n", block.SizeToStr(uint64(st.Blocks)*512))
+	}
+	q, ok := n.(*block.Qcow2)
+	if !ok {
+		return
+	}
+	fmt.Fprintf(w, "cluster_size: %d\n", q.ClusterSize())
+	if snaps := q.Snapshots(); len(snaps) > 0 {
+		fmt.Fprint(w, block.FormatSnapshotList(snaps, time.Local))
+	}
+	compat := "1.1"
+	if q.Version() == 2 {
+		compat = "0.10"
+	}
+	fmt.Fprintf(w, "Format specific information:\n    compat: %s\n    refcount bits: %d\n", compat, q.RefcountBits())
+}
+
+func newImgCheckCmd() *cobra.Command {
+	var repair string
+	cmd := &cobra.Command{
+		Use:   "check [-r leaks|all] PATH",
+		Short: "Check a qcow2 image's metadata; exit 0 clean, 2 corrupt, 3 leaks only",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if repair != "" && repair != "leaks" && repair != "all" {
+				return usagef("img check: -r %s: want leaks or all", repair)
+			}
+			q, err := openQcow2(args[0], repair == "")
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			r, err := q.Check(repair != "")
+			if err != nil {
+				return fmt.Errorf("check %q: %w", args[0], err)
+			}
+			fmt.Fprint(cmd.OutOrStdout(), r.Summary())
+			if c := r.ExitCode(); c != 0 {
+				return exitError{c}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&repair, "repair", "r", "", "repair: leaks (lower refcounts that are too high) or all (the same: other repairs are not supported)")
+	return cmd
+}
+
+func newImgSnapshotCmd() *cobra.Command {
+	var list bool
+	var create, apply, del string
+	cmd := &cobra.Command{
+		Use:   "snapshot -l | -c TAG | -a TAG | -d TAG PATH",
+		Short: "List, create, apply (revert to) or delete internal snapshots",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n := 0
+			for _, set := range []bool{list, create != "", apply != "", del != ""} {
+				if set {
+					n++
+				}
+			}
+			if n != 1 {
+				return usagef("img snapshot: give exactly one of -l, -c, -a, -d")
+			}
+			q, err := openQcow2(args[0], list)
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			switch {
+			case list:
+				fmt.Fprint(cmd.OutOrStdout(), block.FormatSnapshotList(q.Snapshots(), time.Local))
+				return nil
+			case create != "":
+				_, err = q.CreateSnapshot(block.Snapshot{Name: create, ICount: -1})
+			case apply != "":
+				err = q.GotoSnapshot(apply)
+			default:
+				err = q.DeleteSnapshot(del)
+			}
+			if err != nil {
+				return err
+			}
+			return q.Flush()
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&list, "list", "l", false, "list snapshots")
+	f.StringVarP(&create, "create", "c", "", "create a snapshot named TAG")
+	f.StringVarP(&apply, "apply", "a", "", "revert the disk to snapshot TAG (id or name)")
+	f.StringVarP(&del, "delete", "d", "", "delete snapshot TAG (id or name)")
+	return cmd
+}
