@@ -210,3 +210,38 @@ func mmapAddr(m []byte) uintptr { return uintptr(unsafe.Pointer(&m[0])) }
 // byte is immediate_exit, so it can be changed atomically from any thread.
 // The mapping is page aligned, so the word is aligned.
 func immediateExitWord(m []byte) *uint32 { return (*uint32)(unsafe.Pointer(&m[0])) }
+
+// State ioctls (include/uapi/linux/kvm.h and asm/kvm.h struct sizes).
+var (
+	ioGetSregs2     = gokvm.IIOR(0xcc, sregs2Size)
+	ioSetSregs2     = gokvm.IIOW(0xcd, sregs2Size)
+	ioGetXSave      = gokvm.IIOR(0xa4, xsaveMinSize)
+	ioGetFPU        = gokvm.IIOR(0x8c, fpuSize)
+	ioSetFPU        = gokvm.IIOW(0x8d, fpuSize)
+	ioGetXCRS       = gokvm.IIOR(0xa6, xcrsSize)
+	ioSetXCRS       = gokvm.IIOW(0xa7, xcrsSize)
+	ioGetVCPUEvents = gokvm.IIOR(0x9f, eventsSize)
+	ioSetVCPUEvents = gokvm.IIOW(0xa0, eventsSize)
+	ioGetDebugRegs  = gokvm.IIOR(0xa1, debugRegsSize)
+	ioSetDebugRegs  = gokvm.IIOW(0xa2, debugRegsSize)
+	ioGetTSCKHz     = gokvm.IIO(0xa3)
+	ioGetIRQChip    = gokvm.IIOWR(0x62, irqchipSize)
+	ioSetIRQChip    = gokvm.IIOR(0x63, irqchipSize)
+	ioGetPIT2       = gokvm.IIOR(0x9f, pit2Size)
+	ioSetPIT2       = gokvm.IIOW(0xa0, pit2Size)
+	ioGetClock      = gokvm.IIOR(0x7c, clockSize)
+	ioSetClock      = gokvm.IIOW(0x7b, clockSize)
+)
+
+// KVM_GET_XSAVE2 and KVM_SET_XSAVE encode struct kvm_xsave's fixed size
+// (4096) in the ioctl number whatever the real buffer size is; the kernel
+// uses the size from KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2).
+func ioGetXSave2(int) uintptr { return gokvm.IIOR(0xcf, xsaveMinSize) }
+func ioSetXSave(int) uintptr  { return gokvm.IIOW(0xa5, xsaveMinSize) }
+
+// ioctlBuf passes a byte buffer that holds a kernel struct.
+func ioctlBuf(fd int, req uintptr, b []byte) error {
+	err := ioctlPtr(fd, req, unsafe.Pointer(&b[0]))
+	runtime.KeepAlive(b)
+	return err
+}

@@ -1,0 +1,28 @@
+package snapshot
+
+import (
+	"github.com/snapvmm/snapvmm/devices"
+	"github.com/snapvmm/snapvmm/kvm"
+)
+
+// Device is one device of a machine under a stable id ("serial/0").
+type Device struct {
+	ID  string
+	Dev devices.Device
+}
+
+// Machine is what Save and Load need from a paused VM (vmm.VM implements
+// it). Methods that touch vCPUs run the ioctls on the vCPUs' own threads.
+type Machine interface {
+	// RAM is guest memory as one mapping (below 4 GiB, then above).
+	RAM() []byte
+	RAMLayout() (below4G, above4G uint64)
+	VCPUCount() int
+	// CPUIDDigest identifies the CPU model the guest sees.
+	CPUIDDigest() string
+	SaveCPUs() ([]*kvm.VCPUState, error)
+	SaveVMState() (*kvm.VMState, error)
+	// RestoreCPUs writes vCPU and VM-wide state in KVM's required order.
+	RestoreCPUs(cpus []*kvm.VCPUState, vm *kvm.VMState) error
+	Devices() []Device
+}
