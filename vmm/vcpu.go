@@ -13,11 +13,17 @@ import (
 // runVCPU is the goroutine of one vCPU. It is locked to its OS thread for
 // its whole life: KVM ties a vCPU to the thread that runs it, and Kick
 // signals that thread.
-func (vm *VM) runVCPU(c *kvm.VCPU) {
+func (vm *VM) runVCPU(c *kvm.VCPU, ready chan<- error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	c.BindThread()
 	defer vm.vcpuExited()
+	if err := vm.setupVCPU(c); err != nil {
+		vm.requestExit(ExitError, err)
+		ready <- err
+		return
+	}
+	ready <- nil
 	for {
 		switch vm.pendingRequest() {
 		case reqStop:
@@ -28,7 +34,7 @@ func (vm *VM) runVCPU(c *kvm.VCPU) {
 				vm.requestExit(ExitError, err)
 				return
 			}
-			vm.park()
+			vm.park(c)
 			continue
 		}
 		reason, err := c.Run()
@@ -66,13 +72,23 @@ func (vm *VM) pendingRequest() request {
 	return vm.req
 }
 
-// park blocks a vCPU while a pause is requested.
-func (vm *VM) park() {
+// park blocks a vCPU while a pause is requested, running the work other
+// goroutines queue for it (vCPU ioctls must run on the vCPU's thread).
+func (vm *VM) park(c *kvm.VCPU) {
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	vm.parked++
 	vm.cond.Broadcast()
 	for vm.req == reqPause {
+		if items := vm.work[c.ID()]; len(items) > 0 {
+			vm.work[c.ID()] = nil
+			vm.mu.Unlock()
+			for _, w := range items {
+				w.done <- w.f(c)
+			}
+			vm.mu.Lock()
+			continue
+		}
 		vm.cond.Wait()
 	}
 	vm.parked--

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/snapvmm/snapvmm/devices"
 	"github.com/snapvmm/snapvmm/kvm"
+	"github.com/snapvmm/snapvmm/snapshot"
 	"github.com/snapvmm/snapvmm/vmm/boot"
 )
 
@@ -91,6 +92,13 @@ type VM struct {
 	PIO    *devices.Bus
 	MMIO   *devices.Bus
 	Serial *devices.Serial
+	devs   []snapshot.Device
+
+	caps        kvm.Capabilities
+	msrIndexes  []uint32
+	cpuidBase   []kvm.CPUIDEntry
+	cpuidDigest string
+	work        map[int][]vcpuWork
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -218,21 +226,35 @@ func appendCmdline(a, b string) string {
 }
 
 func (vm *VM) setupDevices() {
-	vm.PIO = devices.NewBus("pio", vm.log)
-	vm.MMIO = devices.NewBus("mmio", vm.log)
-	vm.Serial = devices.NewSerial(vm.cfg.Serial, vm.irqFunc(4))
-	must := func(err error) {
-		if err != nil {
+	vm.PIO, vm.MMIO, vm.Serial, vm.devs = newPlatform(vm.layout, vm.cfg.Serial, vm.irqFunc(4),
+		func() { vm.requestExit(ExitReset, nil) }, vm.log)
+}
+
+// newPlatform builds the PC devices and their port bus. It needs no KVM,
+// so tests can check every device the VM carries.
+func newPlatform(l boot.Layout, serialOut io.Writer, serialIRQ func(bool), reset func(), log *logrus.Entry) (pio, mmio *devices.Bus, serial *devices.Serial, devs []snapshot.Device) {
+	pio = devices.NewBus("pio", log)
+	mmio = devices.NewBus("mmio", log)
+	serial = devices.NewSerial(serialOut, serialIRQ)
+	for _, d := range []struct {
+		id         string
+		base, size uint64
+		dev        devices.Device
+	}{
+		{"serial/0", 0x3f8, 8, serial},
+		{"i8042", 0x60, 5, devices.NewI8042(reset)},
+		{"cmos", 0x70, 2, devices.NewCMOS(l.Below4G, l.Above4G, nil)},
+		{"pci-config", 0xcf8, 8, &devices.PCIConfig{}},
+		{"post", 0x80, 1, devices.Sink{}},
+		{"delay", 0xed, 1, devices.Sink{}},
+	} {
+		if err := pio.Register(d.id, d.base, d.size, d.dev); err != nil {
 			// Fixed, non-overlapping wiring: a failure is a programming error.
 			panic(err)
 		}
+		devs = append(devs, snapshot.Device{ID: d.id, Dev: d.dev})
 	}
-	must(vm.PIO.Register("serial0", 0x3f8, 8, vm.Serial))
-	must(vm.PIO.Register("i8042", 0x60, 5, devices.NewI8042(func() { vm.requestExit(ExitReset, nil) })))
-	must(vm.PIO.Register("cmos", 0x70, 2, devices.NewCMOS(vm.layout.Below4G, vm.layout.Above4G, nil)))
-	must(vm.PIO.Register("pci-config", 0xcf8, 8, &devices.PCIConfig{}))
-	must(vm.PIO.Register("post", 0x80, 1, devices.Sink{}))
-	must(vm.PIO.Register("delay", 0xed, 1, devices.Sink{}))
+	return pio, mmio, serial, devs
 }
 
 // irqFunc returns a level setter for ISA interrupt line irq.
@@ -245,22 +267,38 @@ func (vm *VM) irqFunc(irq uint32) func(bool) {
 }
 
 func (vm *VM) createVCPUs() error {
-	base, err := vm.sys.SupportedCPUID()
-	if err != nil {
+	var err error
+	if vm.cpuidBase, err = vm.sys.SupportedCPUID(); err != nil {
 		return err
 	}
+	vm.cpuidDigest = cpuidDigest(vm.cpuidBase)
+	if vm.caps, err = vm.sys.Capabilities(); err != nil {
+		return err
+	}
+	if vm.msrIndexes, err = vm.sys.MSRIndexList(); err != nil {
+		return err
+	}
+	vm.work = map[int][]vcpuWork{}
 	for i := 0; i < vm.cfg.VCPUs; i++ {
 		c, err := vm.kvm.CreateVCPU(i)
 		if err != nil {
 			return err
 		}
 		vm.vcpus = append(vm.vcpus, c)
-		if err := c.SetCPUID2(cpuidFor(base, i, vm.cfg.VCPUs)); err != nil {
-			return err
-		}
-		if err := setLINT(c); err != nil {
-			return err
-		}
+	}
+	return nil
+}
+
+// setupVCPU runs on the vCPU's goroutine before its first KVM_RUN.
+func (vm *VM) setupVCPU(c *kvm.VCPU) error {
+	if err := c.SetCPUID2(cpuidFor(vm.cpuidBase, c.ID(), len(vm.vcpus))); err != nil {
+		return err
+	}
+	if err := setLINT(c); err != nil {
+		return err
+	}
+	if c.ID() == 0 || vm.entry.AllVCPUs {
+		return setBootRegs(c, vm.entry, len(vm.vcpus), vm.layout.Size())
 	}
 	return nil
 }
@@ -310,13 +348,6 @@ func (vm *VM) Start(paused bool) error {
 		return fmt.Errorf("start VM: VM is %s, not created", s)
 	}
 	vm.mu.Unlock()
-	for _, c := range vm.vcpus {
-		if c.ID() == 0 || vm.entry.AllVCPUs {
-			if err := setBootRegs(c, vm.entry, len(vm.vcpus), vm.layout.Size()); err != nil {
-				return err
-			}
-		}
-	}
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	to := StateRunning
@@ -326,8 +357,20 @@ func (vm *VM) Start(paused bool) error {
 	}
 	vm.state = to
 	vm.running = len(vm.vcpus)
+	ready := make(chan error, len(vm.vcpus))
 	for _, c := range vm.vcpus {
-		go vm.runVCPU(c)
+		go vm.runVCPU(c, ready)
+	}
+	vm.mu.Unlock()
+	var setupErr error
+	for range vm.vcpus {
+		if err := <-ready; err != nil && setupErr == nil {
+			setupErr = err
+		}
+	}
+	vm.mu.Lock()
+	if setupErr != nil {
+		return fmt.Errorf("start VM: %w", setupErr)
 	}
 	if paused {
 		for vm.parked < len(vm.vcpus) && vm.state != StateShutdown {

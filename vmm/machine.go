@@ -1,0 +1,104 @@
+package vmm
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/snapvmm/snapvmm/kvm"
+	"github.com/snapvmm/snapvmm/snapshot"
+)
+
+// vcpuWork is a function to run on a parked vCPU's goroutine.
+type vcpuWork struct {
+	f    func(*kvm.VCPU) error
+	done chan error
+}
+
+// onEachVCPU runs f on every vCPU's own goroutine and waits for all. The
+// VM must be paused (every vCPU parked).
+func (vm *VM) onEachVCPU(f func(*kvm.VCPU) error) error {
+	vm.mu.Lock()
+	if vm.state != StatePaused || vm.parked != len(vm.vcpus) {
+		s := vm.state
+		vm.mu.Unlock()
+		return fmt.Errorf("VM is %s, not paused", s)
+	}
+	dones := make([]chan error, len(vm.vcpus))
+	for i, c := range vm.vcpus {
+		dones[i] = make(chan error, 1)
+		vm.work[c.ID()] = append(vm.work[c.ID()], vcpuWork{f: f, done: dones[i]})
+	}
+	vm.cond.Broadcast()
+	vm.mu.Unlock()
+	var errs []error
+	for _, d := range dones {
+		errs = append(errs, <-d)
+	}
+	return errors.Join(errs...)
+}
+
+func cpuidDigest(ents []kvm.CPUIDEntry) string {
+	h := sha256.New()
+	for _, e := range ents {
+		for _, v := range []uint32{e.Function, e.Index, e.Flags, e.EAX, e.EBX, e.ECX, e.EDX} {
+			h.Write(binary.LittleEndian.AppendUint32(nil, v))
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// RAM implements snapshot.Machine.
+func (vm *VM) RAM() []byte { return vm.mem.Bytes() }
+
+// RAMLayout implements snapshot.Machine.
+func (vm *VM) RAMLayout() (uint64, uint64) { return vm.layout.Below4G, vm.layout.Above4G }
+
+// CPUIDDigest implements snapshot.Machine.
+func (vm *VM) CPUIDDigest() string { return vm.cpuidDigest }
+
+// Devices implements snapshot.Machine.
+func (vm *VM) Devices() []snapshot.Device { return vm.devs }
+
+// SaveCPUs implements snapshot.Machine.
+func (vm *VM) SaveCPUs() ([]*kvm.VCPUState, error) {
+	out := make([]*kvm.VCPUState, len(vm.vcpus))
+	err := vm.onEachVCPU(func(c *kvm.VCPU) error {
+		s, err := c.SaveState(vm.caps, vm.msrIndexes)
+		out[c.ID()] = s
+		return err
+	})
+	return out, err
+}
+
+// SaveVMState implements snapshot.Machine.
+func (vm *VM) SaveVMState() (*kvm.VMState, error) { return vm.kvm.SaveState() }
+
+// RestoreCPUs implements snapshot.Machine: registers, FPU, XCRs and MSRs
+// of every vCPU, then the irqchip, PIT and clock, then LAPICs, events, MP
+// states and debug registers.
+func (vm *VM) RestoreCPUs(cpus []*kvm.VCPUState, vms *kvm.VMState) error {
+	if len(cpus) != len(vm.vcpus) {
+		return fmt.Errorf("restore: %d vCPU states for %d vCPUs", len(cpus), len(vm.vcpus))
+	}
+	if err := vm.onEachVCPU(func(c *kvm.VCPU) error { return c.RestoreState(cpus[c.ID()], false) }); err != nil {
+		return err
+	}
+	if err := vm.kvm.RestoreState(vms); err != nil {
+		return err
+	}
+	return vm.onEachVCPU(func(c *kvm.VCPU) error { return c.RestoreState(cpus[c.ID()], true) })
+}
+
+// SaveState writes the paused VM's state stream to w.
+func (vm *VM) SaveState(w io.Writer, progress snapshot.Progress) (uint64, error) {
+	return snapshot.Save(vm, w, progress)
+}
+
+// LoadState restores a state stream into the paused VM.
+func (vm *VM) LoadState(r io.ReaderAt, size uint64) error {
+	return snapshot.Load(vm, r, size)
+}

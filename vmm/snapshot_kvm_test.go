@@ -1,0 +1,172 @@
+package vmm
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/snapvmm/snapvmm/devices"
+	"github.com/snapvmm/snapvmm/vmm/boot"
+)
+
+func TestEveryPlatformDeviceIsStateful(t *testing.T) {
+	l, _ := boot.NewLayout(64 << 20)
+	_, _, _, devs := newPlatform(l, nil, nil, nil, nil)
+	if len(devs) < 5 {
+		t.Fatalf("only %d devices", len(devs))
+	}
+	for _, d := range devs {
+		if _, ok := d.Dev.(devices.Stateful); !ok {
+			t.Errorf("device %s (%T) cannot be snapshotted", d.ID, d.Dev)
+		}
+	}
+}
+
+// saveState pauses (if needed) and captures the VM into memory.
+func saveState(t *testing.T, vm *VM) []byte {
+	t.Helper()
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := vm.SaveState(&buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func loadState(t *testing.T, vm *VM, st []byte) {
+	t.Helper()
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.LoadState(bytes.NewReader(st), uint64(len(st))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCounterSaveLoadContinuesFromSavePoint(t *testing.T) {
+	vm, out := newGuestVM(t, "counter", 1)
+	addr := symbol(t, "counter", "counter")
+	if err := vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "counter 8388608\n", 30*time.Second)
+	st := saveState(t, vm)
+	c := readU64(t, vm, addr)
+	ram := append([]byte(nil), vm.RAM()...)
+	if err := vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, fmt.Sprintf("counter %d\n", (c>>22+3)<<22), 30*time.Second)
+	loadState(t, vm, st)
+	if got := readU64(t, vm, addr); got != c {
+		t.Fatalf("counter after load = %d, saved %d", got, c)
+	}
+	if !bytes.Equal(vm.RAM(), ram) {
+		t.Fatal("RAM after load differs from the save point")
+	}
+	mark := len(out.String())
+	if err := vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	// The guest continues from C: its next line is the next multiple of 2^22.
+	want := fmt.Sprintf("counter %d\n", (c>>22+1)<<22)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.HasPrefix(out.String()[mark:], want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after load the guest printed %q, want %q first", out.String()[mark:], want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestFreshVMRestore(t *testing.T) {
+	vm1, out1 := newGuestVM(t, "counter", 1)
+	addr := symbol(t, "counter", "counter")
+	if err := vm1.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	out1.waitFor(t, "counter 4194304\n", 30*time.Second)
+	st := saveState(t, vm1)
+	c := readU64(t, vm1, addr)
+	vm1.Stop()
+
+	vm2, out2 := newGuestVM(t, "counter", 1)
+	if err := vm2.Start(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm2.LoadState(bytes.NewReader(st), uint64(len(st))); err != nil {
+		t.Fatal(err)
+	}
+	if got := readU64(t, vm2, addr); got != c {
+		t.Fatalf("counter in the new VM = %d, want %d", got, c)
+	}
+	if err := vm2.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("counter %d\n", (c>>22+1)<<22)
+	out2.waitFor(t, want, 30*time.Second)
+	if strings.Contains(out2.String(), "running in ring 3") {
+		t.Fatal("the new VM booted the guest instead of continuing it")
+	}
+}
+
+func TestTimerSaveLoadKeepsInterrupts(t *testing.T) {
+	for _, busy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("busy=%v", busy), func(t *testing.T) {
+			vm, out := newGuestVM(t, "timer", 1)
+			ticks := symbol(t, "timer", "ticks")
+			if err := vm.Start(false); err != nil {
+				t.Fatal(err)
+			}
+			out.waitFor(t, "tick 20\n", 60*time.Second)
+			if busy {
+				time.Sleep(3 * time.Millisecond) // land between ticks, not only in hlt
+			}
+			st := saveState(t, vm)
+			saved := readU64(t, vm, ticks)
+			if err := vm.Resume(); err != nil {
+				t.Fatal(err)
+			}
+			out.waitFor(t, fmt.Sprintf("tick %d\n", (saved/10+3)*10), 60*time.Second)
+			loadState(t, vm, st)
+			if got := readU64(t, vm, ticks); got != saved {
+				t.Fatalf("ticks after load %d, saved %d", got, saved)
+			}
+			if err := vm.Resume(); err != nil {
+				t.Fatal(err)
+			}
+			// Interrupts keep arriving after the load.
+			deadline := time.Now().Add(30 * time.Second)
+			for readU64(t, vm, ticks) < saved+20 {
+				if time.Now().After(deadline) {
+					t.Fatalf("ticks stuck at %d after load (saved %d)", readU64(t, vm, ticks), saved)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+}
+
+func TestLoadRefusesOtherShape(t *testing.T) {
+	vm1, _ := newGuestVM(t, "timer", 1)
+	if err := vm1.Start(true); err != nil {
+		t.Fatal(err)
+	}
+	st := saveState(t, vm1)
+	vm2, _ := newGuestVM(t, "timer", 2)
+	if err := vm2.Start(true); err != nil {
+		t.Fatal(err)
+	}
+	before := append([]byte(nil), vm2.RAM()...)
+	err := vm2.LoadState(bytes.NewReader(st), uint64(len(st)))
+	if err == nil || !strings.Contains(err.Error(), "vCPUs") {
+		t.Fatalf("err %v", err)
+	}
+	if !bytes.Equal(before, vm2.RAM()) {
+		t.Fatal("refused load changed RAM")
+	}
+}
