@@ -307,6 +307,15 @@ func compareFingerprint(got, want Fingerprint) error {
 	return nil
 }
 
+// Verify checks a stream against a machine (format, every CRC, the
+// fingerprint) without changing anything.
+func Verify(m Machine, r io.ReaderAt, size uint64) error {
+	if _, err := check(m, r, size); err != nil {
+		return fmt.Errorf("verify VM state: %w", err)
+	}
+	return nil
+}
+
 // Load restores a stream into a paused machine of the same shape. Every
 // check (format, CRCs, fingerprint) happens before anything in the VM is
 // changed.

@@ -102,3 +102,8 @@ func (vm *VM) SaveState(w io.Writer, progress snapshot.Progress) (uint64, error)
 func (vm *VM) LoadState(r io.ReaderAt, size uint64) error {
 	return snapshot.Load(vm, r, size)
 }
+
+// VerifyState checks a state stream against this VM without changing it.
+func (vm *VM) VerifyState(r io.ReaderAt, size uint64) error {
+	return snapshot.Verify(vm, r, size)
+}

@@ -104,7 +104,7 @@ func (vm *VM) vcpuExited() {
 	vm.req = reqStop
 	_ = vm.kickAll() // the others must leave too; errors were logged by requestExit
 	if vm.running == 0 {
-		vm.state = StateShutdown
+		vm.setState(StateShutdown)
 		close(vm.done)
 	}
 	vm.cond.Broadcast()

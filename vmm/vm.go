@@ -109,6 +109,41 @@ type VM struct {
 	exit    Exit
 	done    chan struct{}
 	closed  bool
+
+	// vmClock is the time the VM has spent running, like QEMU's
+	// QEMU_CLOCK_VIRTUAL: it stops while the VM is paused.
+	vmClock  time.Duration
+	runSince time.Time
+}
+
+// setState records a transition and keeps the VM clock; vm.mu is held.
+func (vm *VM) setState(s State) {
+	now := time.Now()
+	if vm.state == StateRunning && s != StateRunning {
+		vm.vmClock += now.Sub(vm.runSince)
+	}
+	if s == StateRunning && vm.state != StateRunning {
+		vm.runSince = now
+	}
+	vm.state = s
+}
+
+// VMClockNsec is the VM's running time in nanoseconds.
+func (vm *VM) VMClockNsec() uint64 {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	d := vm.vmClock
+	if vm.state == StateRunning {
+		d += time.Since(vm.runSince)
+	}
+	return uint64(d)
+}
+
+// ExitStatus returns why the VM ended (ExitNone while it runs).
+func (vm *VM) ExitStatus() Exit {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.exit
 }
 
 // ErrBadConfig marks configuration errors a user can fix (bad size, too
@@ -355,7 +390,7 @@ func (vm *VM) Start(paused bool) error {
 		to = StatePaused
 		vm.req = reqPause
 	}
-	vm.state = to
+	vm.setState(to)
 	vm.running = len(vm.vcpus)
 	ready := make(chan error, len(vm.vcpus))
 	for _, c := range vm.vcpus {
@@ -403,7 +438,7 @@ func (vm *VM) Pause() error {
 	if vm.state == StateShutdown {
 		return fmt.Errorf("pause VM: VM shut down (%s)", vm.exit.Kind)
 	}
-	vm.state = StatePaused
+	vm.setState(StatePaused)
 	return nil
 }
 
@@ -415,7 +450,7 @@ func (vm *VM) Resume() error {
 		return fmt.Errorf("resume VM: VM is %s, not paused", vm.state)
 	}
 	vm.req = reqNone
-	vm.state = StateRunning
+	vm.setState(StateRunning)
 	vm.cond.Broadcast()
 	return nil
 }
@@ -444,7 +479,7 @@ func (vm *VM) requestExit(kind ExitKind, err error) {
 		vm.exit = Exit{Kind: kind, Err: err}
 	}
 	if vm.state == StateCreated {
-		vm.state = StateShutdown
+		vm.setState(StateShutdown)
 		close(vm.done)
 		return
 	}
