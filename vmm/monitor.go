@@ -505,3 +505,33 @@ func (m *Monitor) SnapshotsOnAllDisks() []block.Snapshot {
 	}
 	return out
 }
+
+// NodeInfo describes one block node for query-named-block-nodes.
+type NodeInfo struct {
+	Name        string
+	Driver      string
+	File        string
+	ReadOnly    bool
+	Attached    bool
+	VirtualSize uint64
+	ClusterSize uint64 // 0 for raw
+	Snapshots   []block.Snapshot
+}
+
+// BlockNodes lists the registered nodes.
+func (m *Monitor) BlockNodes() []NodeInfo {
+	var out []NodeInfo
+	for _, d := range m.reg.List() {
+		n := d.Node
+		ni := NodeInfo{Name: n.Name(), Driver: n.Format(), File: n.Filename(), ReadOnly: n.ReadOnly(),
+			Attached: d.Attached, VirtualSize: n.Size()}
+		if q, ok := n.(*block.Qcow2); ok {
+			ni.ClusterSize = q.ClusterSize()
+		}
+		if s, ok := n.(block.Snapshotter); ok {
+			ni.Snapshots = s.Snapshots()
+		}
+		out = append(out, ni)
+	}
+	return out
+}
