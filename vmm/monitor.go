@@ -39,6 +39,9 @@ type Monitor struct {
 	nextSub int
 	ran     bool // left prelaunch at least once
 	quit    bool
+	// stoppedAs is QEMU's run state while paused by a job that failed
+	// ("restore-vm" after a failed load); cleared by the next resume or stop.
+	stoppedAs string
 
 	// runMu serialises run-state changes (stop, cont, jobs pausing).
 	runMu sync.Mutex
@@ -109,6 +112,9 @@ func (m *Monitor) Status() (string, bool) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.stoppedAs != "" {
+		return m.stoppedAs, false
+	}
 	if !m.ran {
 		return "prelaunch", false
 	}
@@ -134,6 +140,7 @@ func (m *Monitor) resume() error {
 	}
 	m.mu.Lock()
 	m.ran = true
+	m.stoppedAs = ""
 	m.mu.Unlock()
 	m.emit(Event{Name: "RESUME"})
 	return nil
@@ -146,6 +153,9 @@ func (m *Monitor) StopVM() error {
 	if m.guest.State() == StateShutdown {
 		return errors.New("the VM has shut down")
 	}
+	m.mu.Lock()
+	m.stoppedAs = ""
+	m.mu.Unlock()
 	_, err := m.pause()
 	return err
 }
@@ -343,13 +353,20 @@ func (m *Monitor) saveSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 
 // loadSnapshot is QEMU's load_snapshot: the VM is stopped first and stays
 // stopped if anything fails.
-func (m *Monitor) loadSnapshot(ctx *JobCtx, tag, vmstate string, devices []string) error {
+func (m *Monitor) loadSnapshot(ctx *JobCtx, tag, vmstate string, devices []string) (err error) {
 	m.runMu.Lock()
 	defer m.runMu.Unlock()
 	wasRunning, err := m.pause()
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if err != nil && wasRunning {
+			m.mu.Lock()
+			m.stoppedAs = "restore-vm"
+			m.mu.Unlock()
+		}
+	}()
 	nodes, err := m.resolve(devices)
 	if err != nil {
 		return err
