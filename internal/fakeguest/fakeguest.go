@@ -90,15 +90,25 @@ func (g *Guest) SaveState(w io.Writer, p snapshot.Progress) (uint64, error) {
 	if g.state == vmm.StateRunning {
 		return 0, errors.New("fake guest: save while running")
 	}
-	b := append([]byte(Magic), g.Payload...)
-	if _, err := w.Write(b); err != nil {
+	total := uint64(len(Magic) + len(g.Payload))
+	if _, err := w.Write([]byte(Magic)); err != nil {
 		return 0, err
+	}
+	// Stream the payload in 1 MiB pieces, as the real stream writer does.
+	for off := 0; off < len(g.Payload); off += 1 << 20 {
+		end := min(off+1<<20, len(g.Payload))
+		if _, err := w.Write(g.Payload[off:end]); err != nil {
+			return 0, err
+		}
+		if p != nil {
+			p(uint64(len(Magic)+end), total)
+		}
 	}
 	g.Saves++
 	if p != nil {
-		p(uint64(len(b)), uint64(len(b)))
+		p(total, total)
 	}
-	return uint64(len(b)), nil
+	return total, nil
 }
 
 func read(r io.ReaderAt, size uint64) ([]byte, error) {
