@@ -11,7 +11,9 @@ import (
 	"syscall"
 
 	"github.com/sirupsen/logrus"
+	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/kvm"
+	"github.com/snapvmm/snapvmm/qmp"
 	"github.com/snapvmm/snapvmm/vmm"
 	"github.com/snapvmm/snapvmm/vmm/boot"
 	"github.com/spf13/cobra"
@@ -25,6 +27,8 @@ type runOpts struct {
 	paused                     bool
 	logLevel                   string
 	noPVMWorkarounds           bool
+	drives, qmps               []string
+	loadvm                     string
 }
 
 func newRunCmd() *cobra.Command {
@@ -46,7 +50,16 @@ Examples:
   # a test guest that prints and resets
   snapvmm run --kernel testdata/guests/hello --memory 64M
   # guest output to a file, start paused
-  snapvmm run --kernel testdata/guests/counter --serial file:/tmp/out.txt --paused`,
+  snapvmm run --kernel testdata/guests/counter --serial file:/tmp/out.txt --paused
+  # a QMP monitor and a qcow2 node for snapshots (VM state and disk)
+  snapvmm img create -f qcow2 /tmp/state.qcow2 64M
+  snapvmm run --kernel testdata/guests/counter --serial none \
+      --drive file=/tmp/state.qcow2,node-name=disk0,if=none --qmp unix:/tmp/qmp.sock
+  # then, from another terminal:
+  snapvmm snapshot save --qmp /tmp/qmp.sock --tag first
+  snapvmm snapshot load --qmp /tmp/qmp.sock --tag first
+  # restore it in a new process
+  snapvmm run --kernel testdata/guests/counter --drive file=/tmp/state.qcow2,node-name=disk0,if=none --loadvm first`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runVM(cmd, o) },
 	}
@@ -59,6 +72,10 @@ Examples:
 	f.StringVar(&o.serial, "serial", "stdio", "where the serial console goes: stdio, file:PATH or none")
 	f.BoolVar(&o.paused, "paused", false, "create the VM but do not start the vCPUs (like QEMU -S)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: error, warn, info, debug, trace")
+	f.StringArrayVar(&o.drives, "drive", nil,
+		"block node: file=PATH[,format=qcow2|raw][,node-name=NAME][,if=none][,readonly=on] (repeatable)")
+	f.StringArrayVar(&o.qmps, "qmp", nil, "QMP monitor: unix:PATH (socket mode 0600) or tcp:[HOST]:PORT (default host 127.0.0.1); repeatable")
+	f.StringVar(&o.loadvm, "loadvm", "", "restore snapshot TAG from the drives at start, like QEMU's -loadvm")
 	f.BoolVar(&o.noPVMWorkarounds, "no-pvm-workarounds", false,
 		"on a PVM host, do not append the options that keep Linux off unsupported instructions")
 	return cmd
@@ -91,6 +108,27 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 		if initrd, err = os.ReadFile(o.initrd); err != nil {
 			return usagef("--initrd: %v", err)
 		}
+	}
+	var specs []block.DriveSpec
+	for _, d := range o.drives {
+		spec, err := block.ParseDriveSpec(d)
+		if err != nil {
+			return usagef("--drive: %v", err)
+		}
+		if spec.If == "virtio" {
+			return usagef("--drive %s: if=virtio needs the virtio-blk device, which this build does not have yet; use if=none for a node that stores snapshots", d)
+		}
+		specs = append(specs, spec)
+	}
+	reg := block.NewRegistry()
+	defer reg.Close()
+	for _, spec := range specs {
+		if _, err := reg.OpenDrive(spec, func(w string) { log.Warn(w) }); err != nil {
+			return usagef("--drive: %v", err)
+		}
+	}
+	if o.loadvm != "" && len(specs) == 0 {
+		return usagef("--loadvm %s: no --drive holds snapshots", o.loadvm)
 	}
 	serialOut, interactive, closeSerial, err := openSerial(o.serial)
 	if err != nil {
@@ -142,11 +180,33 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 		go forwardInput(os.Stdin, vm, log)
 	}
 
-	if err := vm.Start(o.paused); err != nil {
+	mon := vmm.NewMonitor(vm, reg)
+	srv := qmp.NewServer(mon, version, nil)
+	defer srv.Close()
+	for _, q := range o.qmps {
+		addr, err := srv.Listen(q)
+		if err != nil {
+			return usageError{err}
+		}
+		log.Infof("QMP monitor on %s %s", addr.Network(), addr)
+	}
+	startPaused := o.paused || o.loadvm != ""
+	if err := vm.Start(startPaused); err != nil {
 		return err
 	}
+	if o.loadvm != "" {
+		if err := mon.LoadVM(o.loadvm); err != nil {
+			return fmt.Errorf("--loadvm %s: %w", o.loadvm, err)
+		}
+		log.Infof("restored snapshot %s", o.loadvm)
+		if !o.paused {
+			if err := mon.Cont(); err != nil {
+				return err
+			}
+		}
+	}
 	if o.paused {
-		log.Info("VM created paused; it stays paused until resumed")
+		log.Info("VM is paused; resume it with the QMP command cont")
 	}
 	exit := vm.Wait()
 	restoreOnce()
