@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/devices"
+	"github.com/snapvmm/snapvmm/devices/virtio"
 	"github.com/snapvmm/snapvmm/kvm"
 	"github.com/snapvmm/snapvmm/snapshot"
 	"github.com/snapvmm/snapvmm/vmm/boot"
@@ -26,6 +28,8 @@ type Config struct {
 	VCPUs   int
 	// Serial receives the guest's UART output; nil discards it.
 	Serial io.Writer
+	// Disks are attached as virtio-blk devices over virtio-mmio.
+	Disks []block.Node
 	// PVMWorkarounds appends PVMCmdline to a Linux guest's command line
 	// when the host KVM is PVM.
 	PVMWorkarounds bool
@@ -99,6 +103,7 @@ type VM struct {
 	cpuidBase   []kvm.CPUIDEntry
 	cpuidDigest string
 	work        map[int][]vcpuWork
+	blks        []*virtio.Block
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -204,7 +209,9 @@ func New(cfg Config) (vm *VM, err error) {
 	if err = vm.load(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
 	}
-	vm.setupDevices()
+	if err = vm.setupDevices(); err != nil {
+		return nil, err
+	}
 	if err = vm.createVCPUs(); err != nil {
 		return nil, err
 	}
@@ -243,6 +250,12 @@ func (vm *VM) load() error {
 		cmdline = appendCmdline(cmdline, PVMCmdline)
 		vm.log.Infof("PVM host: appended to the guest command line: %s", PVMCmdline)
 	}
+	if k := boot.Probe(vm.cfg.Kernel); k == boot.KindBzImage || k == boot.KindPVH {
+		for i := range vm.cfg.Disks {
+			// Linux finds virtio-mmio devices from its command line.
+			cmdline = appendCmdline(cmdline, fmt.Sprintf("virtio_mmio.device=4K@%#x:%d", VirtioMMIOBase+uint64(i)*virtio.MMIOSize, VirtioIRQBase+i))
+		}
+	}
 	p.Cmdline = cmdline
 	e, err := boot.Load(vm.Mem(), p)
 	if err != nil {
@@ -260,9 +273,30 @@ func appendCmdline(a, b string) string {
 	return a + " " + b
 }
 
-func (vm *VM) setupDevices() {
+// Where virtio-mmio devices sit: 4 KiB windows in the MMIO hole, ISA IRQs
+// from 5 (the MP table routes IRQs 0-23 to the IOAPIC).
+const (
+	VirtioMMIOBase = 0xd0000000
+	VirtioIRQBase  = 5
+	maxDisks       = 16
+)
+
+func (vm *VM) setupDevices() error {
 	vm.PIO, vm.MMIO, vm.Serial, vm.devs = newPlatform(vm.layout, vm.cfg.Serial, vm.irqFunc(4),
 		func() { vm.requestExit(ExitReset, nil) }, vm.log)
+	if len(vm.cfg.Disks) > maxDisks {
+		return fmt.Errorf("%w: %d disks, at most %d", ErrBadConfig, len(vm.cfg.Disks), maxDisks)
+	}
+	for i, n := range vm.cfg.Disks {
+		b := virtio.NewBlock(n, vm.Mem(), vm.irqFunc(uint32(VirtioIRQBase+i)), vm.log)
+		base := VirtioMMIOBase + uint64(i)*virtio.MMIOSize
+		if err := vm.MMIO.Register("virtio-blk/"+n.Name(), base, virtio.MMIOSize, b); err != nil {
+			return err
+		}
+		vm.devs = append(vm.devs, snapshot.Device{ID: "virtio-blk/" + n.Name(), Dev: b})
+		vm.blks = append(vm.blks, b)
+	}
+	return nil
 }
 
 // newPlatform builds the PC devices and their port bus. It needs no KVM,
@@ -438,6 +472,11 @@ func (vm *VM) Pause() error {
 	if vm.state == StateShutdown {
 		return fmt.Errorf("pause VM: VM shut down (%s)", vm.exit.Kind)
 	}
+	// Devices quiesce after the vCPUs: no request is in flight while the
+	// VM is paused, so RAM and disks hold still for a snapshot.
+	for _, b := range vm.blks {
+		b.Drain()
+	}
 	vm.setState(StatePaused)
 	return nil
 }
@@ -448,6 +487,9 @@ func (vm *VM) Resume() error {
 	defer vm.mu.Unlock()
 	if !canTransition(vm.state, StateRunning) || vm.state == StateCreated {
 		return fmt.Errorf("resume VM: VM is %s, not paused", vm.state)
+	}
+	for _, b := range vm.blks {
+		b.Resume()
 	}
 	vm.req = reqNone
 	vm.setState(StateRunning)
@@ -527,6 +569,9 @@ func (vm *VM) Close() error {
 	vm.closed = true
 	vm.mu.Unlock()
 	var errs []error
+	for _, b := range vm.blks {
+		b.Close()
+	}
 	for _, c := range vm.vcpus {
 		errs = append(errs, c.Close())
 	}

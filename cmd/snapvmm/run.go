@@ -115,16 +115,18 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 		if err != nil {
 			return usagef("--drive: %v", err)
 		}
-		if spec.If == "virtio" {
-			return usagef("--drive %s: if=virtio needs the virtio-blk device, which this build does not have yet; use if=none for a node that stores snapshots", d)
-		}
 		specs = append(specs, spec)
 	}
 	reg := block.NewRegistry()
 	defer reg.Close()
+	var disks []block.Node
 	for _, spec := range specs {
-		if _, err := reg.OpenDrive(spec, func(w string) { log.Warn(w) }); err != nil {
+		d, err := reg.OpenDrive(spec, func(w string) { log.Warn(w) })
+		if err != nil {
 			return usagef("--drive: %v", err)
+		}
+		if d.Attached {
+			disks = append(disks, d.Node)
 		}
 	}
 	if o.loadvm != "" && len(specs) == 0 {
@@ -138,7 +140,7 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 
 	vm, err := vmm.New(vmm.Config{
 		Kernel: kernel, Initrd: initrd, Cmdline: o.appendLine, Memory: mem, VCPUs: o.cpus,
-		Serial: serialOut, PVMWorkarounds: !o.noPVMWorkarounds, Log: log,
+		Serial: serialOut, Disks: disks, PVMWorkarounds: !o.noPVMWorkarounds, Log: log,
 	})
 	if err != nil {
 		if errors.Is(err, vmm.ErrBadConfig) {

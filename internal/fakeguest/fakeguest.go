@@ -20,11 +20,11 @@ const Magic = "FAKEGUEST"
 
 // Guest implements vmm.Guest.
 type Guest struct {
-	mu     sync.Mutex
-	state  vmm.State
-	exit   vmm.Exit
-	done   chan struct{}
-	clock  uint64
+	mu    sync.Mutex
+	state vmm.State
+	exit  vmm.Exit
+	done  chan struct{}
+	clock uint64
 	// Payload is what SaveState writes after the magic; LoadState puts the
 	// loaded payload in Loaded.
 	Payload []byte

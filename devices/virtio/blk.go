@@ -1,0 +1,301 @@
+package virtio
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/sirupsen/logrus"
+	"github.com/snapvmm/snapvmm/block"
+)
+
+// virtio-blk constants (virtio 1.2, 5.2).
+const (
+	BlockDeviceID = 2
+
+	blkFeatureRO    = uint64(1) << 5
+	blkFeatureFlush = uint64(1) << 9
+
+	reqIn    = 0
+	reqOut   = 1
+	reqFlush = 4
+	reqGetID = 8
+
+	statusOK     = 0
+	statusIOErr  = 1
+	statusUnsupp = 2
+
+	blkQueueSize = 256
+	sectorSize   = 512
+)
+
+// Block is a virtio-blk device over a block node. Requests are processed
+// by a worker goroutine, never on the vCPU that notified.
+type Block struct {
+	*MMIO
+	node block.Node
+	mem  Memory
+	log  *logrus.Entry
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	pending bool
+	busy    bool
+	stop    bool
+	paused  bool
+	errs    uint64 // bad requests, for rate-limited logging
+}
+
+// NewBlock makes a virtio-blk device for node; irq pulses its interrupt.
+func NewBlock(node block.Node, mem Memory, irq func(bool), log *logrus.Entry) *Block {
+	b := &Block{node: node, mem: mem, log: log}
+	b.cond = sync.NewCond(&b.mu)
+	b.MMIO = NewMMIO(b, irq)
+	go b.worker()
+	return b
+}
+
+// ID implements Device.
+func (b *Block) ID() uint32 { return BlockDeviceID }
+
+// Features implements Device.
+func (b *Block) Features() uint64 {
+	f := FeatureVersion1 | blkFeatureFlush
+	if b.node.ReadOnly() {
+		f |= blkFeatureRO
+	}
+	return f
+}
+
+// QueueMax implements Device: one request queue.
+func (b *Block) QueueMax() []uint16 { return []uint16{blkQueueSize} }
+
+// ReadConfig implements Device: capacity in 512-byte sectors.
+func (b *Block) ReadConfig(off uint64, data []byte) {
+	var cfg [8]byte
+	binary.LittleEndian.PutUint64(cfg[:], b.node.Size()/sectorSize)
+	for i := range data {
+		if off+uint64(i) < uint64(len(cfg)) {
+			data[i] = cfg[off+uint64(i)]
+		}
+	}
+}
+
+// Kick implements Device.
+func (b *Block) Kick(int) {
+	b.mu.Lock()
+	b.pending = true
+	b.cond.Broadcast()
+	b.mu.Unlock()
+}
+
+// Reset implements Device.
+func (b *Block) Reset() {
+	b.Drain()
+	b.Resume()
+}
+
+// Close stops the worker.
+func (b *Block) Close() {
+	b.mu.Lock()
+	b.stop = true
+	b.cond.Broadcast()
+	b.mu.Unlock()
+}
+
+// Drain waits until no request is in flight and holds new work back until
+// Resume: snapshots are taken with the queue quiet.
+func (b *Block) Drain() {
+	b.mu.Lock()
+	b.paused = true
+	for b.busy {
+		b.cond.Wait()
+	}
+	b.mu.Unlock()
+}
+
+// Resume lets the worker process requests again.
+func (b *Block) Resume() {
+	b.mu.Lock()
+	b.paused = false
+	b.cond.Broadcast()
+	b.mu.Unlock()
+}
+
+func (b *Block) worker() {
+	for {
+		b.mu.Lock()
+		for (!b.pending || b.paused) && !b.stop {
+			b.cond.Wait()
+		}
+		if b.stop {
+			b.mu.Unlock()
+			return
+		}
+		b.pending, b.busy = false, true
+		b.mu.Unlock()
+		b.process()
+		b.mu.Lock()
+		b.busy = false
+		b.cond.Broadcast()
+		b.mu.Unlock()
+	}
+}
+
+// process serves every available request of the queue.
+func (b *Block) process() {
+	if !b.DriverReady() {
+		return
+	}
+	q := b.Queue(0)
+	if !q.Ready {
+		return
+	}
+	if err := q.check(b.mem); err != nil {
+		b.badRequest(err)
+		b.NeedsReset()
+		return
+	}
+	served := false
+	for {
+		head, bufs, ok, err := q.Pop(b.mem)
+		if err != nil && !ok {
+			b.badRequest(err)
+			b.NeedsReset()
+			break
+		}
+		if !ok {
+			break
+		}
+		written := uint32(0)
+		if err != nil {
+			b.badRequest(err) // bad chain: fail the request, keep the device
+		} else {
+			written = b.serve(bufs)
+		}
+		if err := q.Push(b.mem, head, written); err != nil {
+			b.badRequest(err)
+			break
+		}
+		served = true
+	}
+	b.UpdateQueue(0, func(s *Queue) { s.LastAvail, s.UsedIdx = q.LastAvail, q.UsedIdx })
+	if served {
+		b.Interrupt()
+	}
+}
+
+// badRequest logs guest mistakes at a bounded rate.
+func (b *Block) badRequest(err error) {
+	b.errs++
+	if b.log != nil && (b.errs <= 10 || b.errs%1000 == 0) {
+		b.log.Warnf("virtio-blk %s: %v (%d bad requests so far)", b.node.Name(), err, b.errs)
+	}
+}
+
+// serve runs one request and returns the bytes written into the chain.
+func (b *Block) serve(bufs []Buffer) uint32 {
+	if len(bufs) < 2 || len(bufs[0].Data) < 16 || bufs[0].Writable {
+		b.badRequest(errors.New("request without a readable 16-byte header and a status byte"))
+		return 0
+	}
+	st := bufs[len(bufs)-1]
+	if !st.Writable || len(st.Data) < 1 {
+		b.badRequest(errors.New("request without a writable status byte"))
+		return 0
+	}
+	hdr := bufs[0].Data
+	typ, sector := binary.LittleEndian.Uint32(hdr), binary.LittleEndian.Uint64(hdr[8:])
+	data := bufs[1 : len(bufs)-1]
+	status, n := byte(statusOK), uint32(0)
+	off := sector * sectorSize
+	fail := func(err error) {
+		b.badRequest(err)
+		status = statusIOErr
+	}
+	switch typ {
+	case reqIn:
+		for _, d := range data {
+			if !d.Writable {
+				fail(errors.New("read into a read-only buffer"))
+				break
+			}
+			if _, err := b.node.ReadAt(d.Data, int64(off)); err != nil {
+				fail(err)
+				break
+			}
+			off += uint64(len(d.Data))
+			n += uint32(len(d.Data))
+		}
+	case reqOut:
+		if b.node.ReadOnly() {
+			status = statusIOErr
+			break
+		}
+		for _, d := range data {
+			if d.Writable {
+				fail(errors.New("write from a device-writable buffer"))
+				break
+			}
+			if _, err := b.node.WriteAt(d.Data, int64(off)); err != nil {
+				fail(err)
+				break
+			}
+			off += uint64(len(d.Data))
+		}
+	case reqFlush:
+		if err := b.node.Flush(); err != nil {
+			fail(err)
+		}
+	case reqGetID:
+		id := []byte(b.node.Name())
+		if len(data) > 0 && data[0].Writable {
+			m := copy(data[0].Data, append(id, make([]byte, 20)...)[:min(20, len(data[0].Data))])
+			n += uint32(m)
+		}
+	default:
+		status = statusUnsupp
+	}
+	st.Data[0] = status
+	return n + 1
+}
+
+// BlockState is the saved state of a virtio-blk device (version 1): the
+// transport and queue positions. In-flight requests are drained first.
+type BlockState struct {
+	Transport MMIOState
+}
+
+// StateVersion implements devices.Stateful.
+func (b *Block) StateVersion() uint32 { return 1 }
+
+// SaveState implements devices.Stateful. It drains the queue and leaves
+// the device quiet until Resume, so nothing touches guest RAM or the disk
+// while the rest of the VM is saved (the VM resumes its devices).
+func (b *Block) SaveState() ([]byte, error) {
+	b.Drain()
+	return json.Marshal(BlockState{Transport: b.saveTransport()})
+}
+
+// RestoreState implements devices.Stateful.
+func (b *Block) RestoreState(version uint32, data []byte) error {
+	if version == 0 || version > 1 {
+		return fmt.Errorf("restore virtio-blk: state version %d, this build reads 1", version)
+	}
+	var s BlockState
+	if err := json.Unmarshal(data, &s); err != nil {
+		return fmt.Errorf("restore virtio-blk: %w", err)
+	}
+	b.Drain()
+	if err := b.restoreTransport(s.Transport); err != nil {
+		return err
+	}
+	// Requests the driver queued before the save are still in its ring:
+	// look at the ring again once the device runs.
+	b.mu.Lock()
+	b.pending = true
+	b.mu.Unlock()
+	return nil
+}
