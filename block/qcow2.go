@@ -580,16 +580,26 @@ func (q *Qcow2) readCompressed(e uint64) ([]byte, error) {
 	return out, nil
 }
 
+// eachCluster calls fn for every piece of [off, off+n) that lies in one
+// guest cluster: vc is the guest cluster index, in the offset inside it,
+// m the piece's length.
+func (q *Qcow2) eachCluster(off, n uint64, fn func(vc, in, m uint64) error) error {
+	for n > 0 {
+		in := off & (q.cs - 1)
+		m := min(q.cs-in, n)
+		if err := fn(off>>q.cbits, in, m); err != nil {
+			return err
+		}
+		off, n = off+m, n-m
+	}
+	return nil
+}
+
 // readThrough reads guest bytes through L1 table l1.
 func (q *Qcow2) readThrough(l1 []uint64, p []byte, off uint64) error {
-	for len(p) > 0 {
-		vc := off >> q.cbits
-		in := off & (q.cs - 1)
-		n := q.cs - in
-		if n > uint64(len(p)) {
-			n = uint64(len(p))
-		}
+	return q.eachCluster(off, uint64(len(p)), func(vc, in, n uint64) error {
 		chunk := p[:n]
+		p = p[n:]
 		l1i, l2i := vc>>q.l2bits, vc&(q.l2n-1)
 		var e uint64
 		if l1i < uint64(len(l1)) && l1[l1i]&offsetMask != 0 {
@@ -616,9 +626,8 @@ func (q *Qcow2) readThrough(l1 []uint64, p []byte, off uint64) error {
 			}
 			clear(chunk[m:]) // past the end of the file: never written, zeros
 		}
-		p, off = p[n:], off+n
-	}
-	return nil
+		return nil
+	})
 }
 
 // growL1 makes the active L1 table hold at least n entries.
@@ -714,13 +723,9 @@ func (q *Qcow2) releaseEntry(e uint64) error {
 // writeThrough writes guest bytes through the active L1, allocating and
 // copying clusters as needed.
 func (q *Qcow2) writeThrough(p []byte, off uint64) error {
-	for len(p) > 0 {
-		vc := off >> q.cbits
-		in := off & (q.cs - 1)
-		n := q.cs - in
-		if n > uint64(len(p)) {
-			n = uint64(len(p))
-		}
+	return q.eachCluster(off, uint64(len(p)), func(vc, in, n uint64) error {
+		data := p[:n]
+		p = p[n:]
 		l1i, l2i := vc>>q.l2bits, vc&(q.l2n-1)
 		l2off, t, err := q.l2ForWrite(l1i)
 		if err != nil {
@@ -729,11 +734,7 @@ func (q *Qcow2) writeThrough(p []byte, off uint64) error {
 		e := t[l2i]
 		zeroFlag := q.h.version == 3 && e&flagZero != 0
 		if e&flagCopied != 0 && e&flagCompr == 0 && e&offsetMask != 0 && !zeroFlag {
-			if err := q.writeAt(p[:n], (e&offsetMask)+in); err != nil {
-				return err
-			}
-			p, off = p[n:], off+n
-			continue
+			return q.writeAt(data, (e&offsetMask)+in)
 		}
 		buf := make([]byte, q.cs)
 		if n < q.cs {
@@ -742,7 +743,7 @@ func (q *Qcow2) writeThrough(p []byte, off uint64) error {
 				return err
 			}
 		}
-		copy(buf[in:], p[:n])
+		copy(buf[in:], data)
 		nc, err := q.alloc(1)
 		if err != nil {
 			return err
@@ -753,12 +754,8 @@ func (q *Qcow2) writeThrough(p []byte, off uint64) error {
 		if err := q.writeL2Entry(l2off, l2i, nc|flagCopied, t); err != nil {
 			return err
 		}
-		if err := q.releaseEntry(e); err != nil {
-			return err
-		}
-		p, off = p[n:], off+n
-	}
-	return nil
+		return q.releaseEntry(e)
+	})
 }
 
 func (q *Qcow2) checkRange(n int, off int64) error {
@@ -812,35 +809,25 @@ func (q *Qcow2) Discard(off, n int64) error {
 }
 
 func (q *Qcow2) discard(off, n uint64) error {
-	for n > 0 {
-		in := off & (q.cs - 1)
-		m := q.cs - in
-		if m > n {
-			m = n
-		}
+	return q.eachCluster(off, n, func(vc, in, m uint64) error {
 		if m < q.cs {
-			if err := q.writeThrough(make([]byte, m), off); err != nil {
-				return err
-			}
-		} else {
-			vc := off >> q.cbits
-			l1i, l2i := vc>>q.l2bits, vc&(q.l2n-1)
-			if l1i < uint64(len(q.l1)) && q.l1[l1i]&offsetMask != 0 {
-				l2off, t, err := q.l2ForWrite(l1i)
-				if err != nil {
-					return err
-				}
-				if e := t[l2i]; e != 0 {
-					if err := q.writeL2Entry(l2off, l2i, 0, t); err != nil {
-						return err
-					}
-					if err := q.releaseEntry(e); err != nil {
-						return err
-					}
-				}
-			}
+			return q.writeThrough(make([]byte, m), vc<<q.cbits+in)
 		}
-		off, n = off+m, n-m
-	}
-	return nil
+		l1i, l2i := vc>>q.l2bits, vc&(q.l2n-1)
+		if l1i >= uint64(len(q.l1)) || q.l1[l1i]&offsetMask == 0 {
+			return nil
+		}
+		l2off, t, err := q.l2ForWrite(l1i)
+		if err != nil {
+			return err
+		}
+		e := t[l2i]
+		if e == 0 {
+			return nil
+		}
+		if err := q.writeL2Entry(l2off, l2i, 0, t); err != nil {
+			return err
+		}
+		return q.releaseEntry(e)
+	})
 }

@@ -2,6 +2,7 @@ package kvm
 
 import (
 	"encoding/binary"
+	"strconv"
 
 	gokvm "github.com/bobuhiro11/gokvm/kvm"
 )
@@ -82,21 +83,7 @@ func ExitName(r uint32) string {
 	if n, ok := names[r]; ok {
 		return n
 	}
-	return "exit " + itoa(uint64(r))
-}
-
-func itoa(v uint64) string {
-	if v == 0 {
-		return "0"
-	}
-	var b [20]byte
-	i := len(b)
-	for v > 0 {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-	}
-	return string(b[i:])
+	return "exit " + strconv.FormatUint(uint64(r), 10)
 }
 
 // runHeader is the fixed part of struct kvm_run.

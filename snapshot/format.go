@@ -8,6 +8,7 @@ package snapshot
 import (
 	"encoding/binary"
 	"hash/crc32"
+	"strconv"
 )
 
 // Stream constants. The compatibility rule: a reader accepts a stream of
@@ -40,21 +41,7 @@ const (
 )
 
 // CPUSection is the section id of vCPU i.
-func CPUSection(i int) string { return "cpu/" + itoa(i) }
-
-func itoa(i int) string {
-	if i == 0 {
-		return "0"
-	}
-	var b [20]byte
-	n := len(b)
-	for i > 0 {
-		n--
-		b[n] = byte('0' + i%10)
-		i /= 10
-	}
-	return string(b[n:])
-}
+func CPUSection(i int) string { return "cpu/" + strconv.Itoa(i) }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 

@@ -1,7 +1,6 @@
 package vmm
 
 import (
-	"bytes"
 	"debug/elf"
 	"encoding/binary"
 	"errors"
@@ -9,44 +8,24 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/snapvmm/snapvmm/internal/elfgen"
+	"github.com/snapvmm/snapvmm/internal/testutil"
 	"github.com/snapvmm/snapvmm/kvm"
 )
 
-// syncBuffer collects guest serial output for assertions.
+// syncBuffer is the guest console of a test VM.
 type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	testutil.Console
+	vm *VM
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// waitFor polls until the output contains want.
 func (b *syncBuffer) waitFor(t *testing.T, want string, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if strings.Contains(b.String(), want) {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("guest output never contained %q within %v; output:\n%s", want, d, b.String())
+	b.WaitFor(t, want, d, b.vm.Done(), func() string { e := b.vm.ExitStatus(); return fmt.Sprintf("%v: %v", e.Kind, e.Err) })
 }
 
 func guestPath(name string) string {
@@ -65,6 +44,7 @@ func newVM(t *testing.T, kernel []byte, cpus int, mem uint64) (*VM, *syncBuffer)
 	if err != nil {
 		t.Fatal(err)
 	}
+	out.vm = vm
 	t.Cleanup(func() {
 		if err := vm.Close(); err != nil {
 			t.Errorf("close VM: %v", err)

@@ -4,16 +4,16 @@
 package linux
 
 import (
-	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/snapvmm/snapvmm/internal/testutil"
 	"github.com/snapvmm/snapvmm/kvm"
 	"github.com/snapvmm/snapvmm/vmm"
 )
@@ -47,45 +47,12 @@ func readGuestFile(t *testing.T, name string) []byte {
 	return b
 }
 
-// console collects serial output and lets a test wait for text.
-type console struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
+// console is the Linux guest's serial console.
+type console struct{ testutil.Console }
 
-func (c *console) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.Write(p)
-}
-
-func (c *console) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.String()
-}
-
-// waitFor returns how long it took for want to appear, failing after d or
-// when the VM ends first.
 func (c *console) waitFor(t *testing.T, vm *vmm.VM, want string, d time.Duration) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for time.Since(start) < d {
-		if strings.Contains(c.String(), want) {
-			return time.Since(start)
-		}
-		select {
-		case <-vm.Done():
-			if strings.Contains(c.String(), want) {
-				return time.Since(start)
-			}
-			e := vm.Wait()
-			t.Fatalf("VM ended (%v: %v) before %q appeared; console:\n%s", e.Kind, e.Err, want, tail(c.String()))
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	t.Fatalf("%q did not appear within %v; console:\n%s", want, d, tail(c.String()))
-	return 0
+	return c.WaitFor(t, want, d, vm.Done(), func() string { e := vm.ExitStatus(); return fmt.Sprintf("%v: %v", e.Kind, e.Err) })
 }
 
 func tail(s string) string {
