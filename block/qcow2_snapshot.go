@@ -402,7 +402,11 @@ func (q *Qcow2) createSnapshot(s Snapshot) (Snapshot, error) {
 		if l1off, err = q.alloc((size + q.cs - 1) / q.cs); err != nil {
 			return Snapshot{}, err
 		}
-		if err := q.writeAt(encodeTable(q.l1, (size+q.cs-1)&^(q.cs-1)), l1off); err != nil {
+		snapL1 := make([]uint64, len(q.l1))
+		for i, e := range q.l1 {
+			snapL1[i] = e &^ flagCopied // a snapshot's tables are never written in place
+		}
+		if err := q.writeAt(encodeTable(snapL1, (size+q.cs-1)&^(q.cs-1)), l1off); err != nil {
 			return Snapshot{}, err
 		}
 	}
@@ -467,7 +471,12 @@ func (q *Qcow2) gotoSnapshot(idOrName string) error {
 	}
 	old := append([]uint64(nil), q.l1...)
 	newL1 := make([]uint64, len(q.l1))
-	copy(newL1, snapL1)
+	// Every table the new active L1 reaches is shared with the snapshot:
+	// no COPIED bit may survive the switch, or a crash before the flag
+	// fix-up below would let the next write land in snapshot data.
+	for i, e := range snapL1 {
+		newL1[i] = e &^ flagCopied
+	}
 	if err := q.sync(); err != nil {
 		return err
 	}
