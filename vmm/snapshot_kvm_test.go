@@ -170,3 +170,84 @@ func TestLoadRefusesOtherShape(t *testing.T) {
 		t.Fatal("refused load changed RAM")
 	}
 }
+
+func TestFPUStateSurvivesSaveLoad(t *testing.T) {
+	vm, out := newGuestVM(t, "fpu", 1)
+	if err := vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "fpu ok 8388608\n", 30*time.Second)
+	st := saveState(t, vm)
+	if err := vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "fpu ok 16777216\n", 30*time.Second)
+	loadState(t, vm, st)
+	mark := len(out.String())
+	if err := vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	// The guest re-checks every register before it prints again.
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(out.String()[mark:], "fpu ok ") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no check after load; output after load: %q", out.String()[mark:])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if strings.Contains(out.String(), "BAD") {
+		t.Fatalf("FPU/SSE state lost:\n%s", out.String())
+	}
+}
+
+func TestSMPSaveLoadEveryVCPUContinues(t *testing.T) {
+	const n = 4
+	vm, out := newGuestVM(t, "smpcount", n)
+	base := symbol(t, "smpcount", "counters")
+	counters := func() []uint64 {
+		c := make([]uint64, n)
+		for i := range c {
+			c[i] = readU64(t, vm, base+uint64(64*i))
+		}
+		return c
+	}
+	if err := vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "smpcount 8388608\n", 30*time.Second)
+	st := saveState(t, vm)
+	saved := counters()
+	for i, c := range saved {
+		if c == 0 {
+			t.Fatalf("vCPU %d never counted: %v", i, saved)
+		}
+	}
+	if err := vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	loadState(t, vm, st)
+	if got := counters(); fmt.Sprint(got) != fmt.Sprint(saved) {
+		t.Fatalf("counters after load %v, saved %v", got, saved)
+	}
+	if err := vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := counters()
+		all := true
+		for i := range got {
+			if got[i] <= saved[i] {
+				all = false
+			}
+		}
+		if all {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not every vCPU continued after load: saved %v, now %v", saved, got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
