@@ -295,7 +295,7 @@ func TestLoadELFGuestErrors(t *testing.T) {
 }
 
 func TestCommittedGuestsLoad(t *testing.T) {
-	for _, g := range []string{"hello", "counter", "timer", "smp", "fpu", "smpcount"} {
+	for _, g := range []string{"hello", "counter", "timer", "smp", "fpu", "smpcount", "blk"} {
 		k := readGuest(t, g)
 		if Probe(k) != KindELFGuest {
 			t.Fatalf("%s: Probe = %q", g, Probe(k))
