@@ -8,7 +8,7 @@ GUESTS   := hello counter timer smp fpu smpcount blk
 GUESTSRC := testdata/guests/src
 GUEST_CACHE ?= $(HOME)/.cache/snapvmm/guest
 
-.PHONY: all build test e2e run testguests guest guest-deps clean vet fmt
+.PHONY: all build test e2e run stress testguests guest guest-deps clean vet fmt
 
 all: build
 
@@ -58,6 +58,17 @@ e2e: build guest
 # Build everything and boot the Linux guest with its console here.
 run: build
 	@bash tests/guest/run.sh
+
+# Every fuzz target for FUZZTIME each; crashers land in testdata/fuzz and
+# are kept there as regression inputs.
+FUZZTIME ?= 15s
+stress:
+	@for t in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+		for f in $$(grep -h '^func Fuzz' $$t/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9]*\).*/\1/'); do \
+			echo "== $$t $$f"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$t || exit 1; \
+		done; \
+	done
 
 vet:
 	$(GO) vet ./...

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -142,7 +143,10 @@ func TestMonitorNeverBlocks(t *testing.T) {
 func TestManyClientsAndGarbage(t *testing.T) {
 	e := newEnv(t, vmm.StatePaused)
 	var wg sync.WaitGroup
-	for i := 0; i < 50; i++ {
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := 0; i < 200; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
@@ -174,6 +178,12 @@ func TestManyClientsAndGarbage(t *testing.T) {
 		}(i)
 	}
 	wg.Wait()
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 64<<20 {
+		t.Fatalf("heap grew by %d MiB serving 200 hostile clients", grew>>20)
+	}
 	// The server still serves a well-behaved client.
 	c := e.dial(t)
 	c.recv()
