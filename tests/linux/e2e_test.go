@@ -4,9 +4,12 @@ package linux
 
 import (
 	"fmt"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/vmm"
 )
 
@@ -39,4 +42,49 @@ func TestE2EBootToShell(t *testing.T) {
 		t.Fatalf("after reboot: exited=%v kind=%v err=%v", ok, e.Kind, e.Err)
 	}
 	fmt.Println("e2e: boot to shell, command and reboot all passed")
+}
+
+// TestE2ESnapshotOverMonitor drives save, load and delete of a booted
+// Linux guest through the monitor the QMP server uses (hardware KVM only:
+// Linux user space cannot run on a PVM host).
+func TestE2ESnapshotOverMonitor(t *testing.T) {
+	if requireKVM(t) {
+		t.Skip("skipping: Linux user space cannot run on this PVM host (ring 3 cannot re-enter the kernel); this test needs hardware KVM")
+	}
+	img := filepath.Join(t.TempDir(), "state.qcow2")
+	if err := block.CreateQcow2(img, 64<<20, block.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	reg := block.NewRegistry()
+	defer reg.Close()
+	if _, err := reg.OpenDrive(block.DriveSpec{File: img, NodeName: "disk0", If: "none"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	vm, con := boot(t, readGuestFile(t, "bzImage"), readGuestFile(t, "initramfs.cpio"), "console=ttyS0 reboot=k panic=-1", 2)
+	mon := vmm.NewMonitor(vm, reg)
+	con.waitFor(t, vm, readyMarker, 120*time.Second)
+	job := func(id string, start func() (func(), error)) {
+		t.Helper()
+		s, err := start()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s()
+		if j, _ := mon.Jobs().Wait(id); j.Error != "" {
+			t.Fatalf("%s: %s", id, j.Error)
+		}
+	}
+	job("save", func() (func(), error) { return mon.SnapshotSave("save", "booted", "disk0", []string{"disk0"}) })
+	vm.Serial.Input([]byte("echo after-save > /tmp/f && echo file-$((40+2))\n"))
+	con.waitFor(t, vm, "file-42", 30*time.Second)
+	job("load", func() (func(), error) { return mon.SnapshotLoad("load", "booted", "disk0", []string{"disk0"}) })
+	vm.Serial.Input([]byte("\ntest -e /tmp/f && echo still-$((1+1)) || echo gone-$((2+2))\n"))
+	con.waitFor(t, vm, "gone-4", 30*time.Second)
+	if strings.Contains(con.String(), "still-2") {
+		t.Fatal("the file written after the save survived the load")
+	}
+	job("del", func() (func(), error) { return mon.SnapshotDelete("del", "booted", []string{"disk0"}) })
+	if _, ok := reg.List()[0].Node.(block.Snapshotter).FindSnapshot("booted"); ok {
+		t.Fatal("snapshot not deleted")
+	}
 }

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/snapvmm/snapvmm/kvm"
+	"github.com/snapvmm/snapvmm/qmp"
+)
+
+// TestMain lets tests start this test binary as the snapvmm command, so a
+// snapshot can be saved in one process and loaded in another.
+func TestMain(m *testing.M) {
+	if os.Getenv("SNAPVMM_TEST_AS_CLI") == "1" {
+		os.Exit(run(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+func startCLI(t *testing.T, args ...string) *exec.Cmd {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), "SNAPVMM_TEST_AS_CLI=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("stderr of %v:\n%s", args, stderr.String())
+		}
+	})
+	return cmd
+}
+
+var counterLine = regexp.MustCompile(`counter (\d+)\n`)
+
+func waitFile(t *testing.T, path string, re *regexp.Regexp, d time.Duration) [][]byte {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		b, _ := os.ReadFile(path)
+		if m := re.FindAllSubmatch(b, -1); len(m) > 0 {
+			return m[len(m)-1]
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(path)
+	t.Fatalf("%s never matched %s: %q", path, re, b)
+	return nil
+}
+
+// TestLoadVMInANewProcess saves the counter guest over QMP in one snapvmm
+// process and restores it with --loadvm in another: the new process
+// continues the count instead of booting the guest.
+func TestLoadVMInANewProcess(t *testing.T) {
+	sys, err := kvm.Open()
+	if err != nil {
+		t.Skipf("skipping: /dev/kvm cannot be opened: %v", err)
+	}
+	sys.Close()
+	dir := t.TempDir()
+	img := filepath.Join(dir, "state.qcow2")
+	if code := run([]string{"img", "create", "-f", "qcow2", img, "64M"}); code != 0 {
+		t.Fatal("img create")
+	}
+	guest := filepath.Join("..", "..", "testdata", "guests", "counter")
+	drive := "file=" + img + ",node-name=disk0,if=none"
+	outA, sock := filepath.Join(dir, "a.txt"), filepath.Join(dir, "a.sock")
+	a := startCLI(t, "run", "--kernel", guest, "--memory", "64M", "--serial", "file:"+outA, "--drive", drive, "--qmp", "unix:"+sock)
+	waitFile(t, outA, regexp.MustCompile(`counter (8388608)\n`), 30*time.Second)
+	cl, err := qmp.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Execute("stop", nil); err != nil {
+		t.Fatal(err)
+	}
+	last, _ := strconv.ParseUint(string(waitFile(t, outA, counterLine, time.Second)[1]), 10, 64)
+	if code := run([]string{"snapshot", "save", "--qmp", sock, "--tag", "t1"}); code != 0 {
+		t.Fatalf("snapshot save exit %d", code)
+	}
+	cl.Execute("quit", nil)
+	cl.Close()
+	if err := a.Wait(); err != nil {
+		t.Fatalf("first process: %v", err)
+	}
+
+	outB := filepath.Join(dir, "b.txt")
+	startCLI(t, "run", "--kernel", guest, "--memory", "64M", "--serial", "file:"+outB, "--drive", drive, "--loadvm", "t1")
+	first := waitFile(t, outB, counterLine, 30*time.Second)
+	b, _ := os.ReadFile(outB)
+	if bytes.Contains(b, []byte("running in ring 3")) {
+		t.Fatalf("the second process booted the guest instead of restoring it: %q", b)
+	}
+	m := counterLine.FindSubmatch(b)
+	if want := fmt.Sprint(last + 1<<22); string(m[1]) != want {
+		t.Fatalf("first line after --loadvm is counter %s, want %s (saved after %d)", m[1], want, last)
+	}
+	_ = first
+}
