@@ -311,7 +311,7 @@ func FuzzLoad(f *testing.F) {
 	f.Add(elfgen.Build(0x200000, []elfgen.Segment{{Type: elfgen.PTLoad, Paddr: 0x200000, Data: []byte{1}}}))
 	f.Add(elfgen.Build(0x200000, []elfgen.Segment{{Type: elfgen.PTNote, Data: elfgen.Note("Xen", 18, []byte{1, 2, 3, 4})}}))
 	f.Fuzz(func(t *testing.T, k []byte) {
-		m := Mem{L: Layout{Below4G: 16 << 20}, B: make([]byte, 16<<20)}
+		m := Mem{L: Layout{Below4G: 4 << 20}, B: make([]byte, 4<<20)}
 		_, _ = Load(m, Params{Kernel: k, Initrd: []byte{1}, Cmdline: "x", VCPUs: 1})
 	})
 }
