@@ -283,6 +283,8 @@ func TestLoadELFGuestErrors(t *testing.T) {
 		{"no segments", elfgen.Build(0x200000, nil), 1, "no loadable"},
 		{"too many vCPUs", elfgen.Build(0x200000, seg(0x200000, 0)), MaxELFGuestVCPUs + 1, "vCPUs"},
 		{"truncated ELF", elfgen.Build(0x200000, seg(0x200000, 0))[:70], 1, "load ELF"},
+		{"segment past the file", elfgen.Build(0x200000, []elfgen.Segment{{Type: elfgen.PTLoad, Paddr: 0x200000, Data: []byte{1}, Filesz: 1 << 20, Memsz: 2 << 20}}), 1, "past the end"},
+		{"huge note", elfgen.Build(0x200000, []elfgen.Segment{{Type: elfgen.PTNote, Data: []byte{1, 2, 3, 4}, Filesz: 1 << 40, Memsz: 1 << 40}}), 1, "past the end"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

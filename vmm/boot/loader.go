@@ -203,11 +203,24 @@ func loadBzImage(m Mem, p Params) (*Entry, error) {
 // xenNotePhys32Entry is XEN_ELFNOTE_PHYS32_ENTRY, the PVH entry note.
 const xenNotePhys32Entry = 18
 
+// segmentInFile refuses a segment whose file contents would lie past the
+// end of the image, before anything is allocated for it: a hostile header
+// must not make the loader allocate gigabytes.
+func segmentInFile(prog *elf.Prog, fileSize int) error {
+	if prog.Off > uint64(fileSize) || prog.Filesz > uint64(fileSize)-prog.Off {
+		return fmt.Errorf("segment at file offset %#x with %d bytes runs past the end of the %d-byte file", prog.Off, prog.Filesz, fileSize)
+	}
+	return nil
+}
+
 // pvhEntry finds the PVH entry note in an ELF's PT_NOTE segments.
-func pvhEntry(f *elf.File) (uint64, bool, error) {
+func pvhEntry(f *elf.File, fileSize int) (uint64, bool, error) {
 	for _, prog := range f.Progs {
 		if prog.Type != elf.PT_NOTE {
 			continue
+		}
+		if err := segmentInFile(prog, fileSize); err != nil {
+			return 0, false, err
 		}
 		data := make([]byte, prog.Filesz)
 		if _, err := prog.ReadAt(data, 0); err != nil {
@@ -246,7 +259,7 @@ func loadELF(m Mem, p Params) (*Entry, error) {
 	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
 		return nil, fmt.Errorf("load ELF: %v %v is not an x86-64 ELF64 image", f.Class, f.Machine)
 	}
-	pvh, isPVH, err := pvhEntry(f)
+	pvh, isPVH, err := pvhEntry(f, len(p.Kernel))
 	if err != nil {
 		return nil, fmt.Errorf("load ELF: %w", err)
 	}
@@ -260,6 +273,9 @@ func loadELF(m Mem, p Params) (*Entry, error) {
 		}
 		if prog.Filesz > prog.Memsz {
 			return nil, fmt.Errorf("load ELF: segment at %#x has filesz %d > memsz %d", prog.Paddr, prog.Filesz, prog.Memsz)
+		}
+		if err := segmentInFile(prog, len(p.Kernel)); err != nil {
+			return nil, fmt.Errorf("load ELF: %w", err)
 		}
 		end := prog.Paddr + prog.Memsz
 		if end < prog.Paddr || prog.Paddr < HighMemStart {
@@ -353,7 +369,7 @@ func Probe(k []byte) (kind Kind) {
 	if err != nil {
 		return ""
 	}
-	if _, ok, err := pvhEntry(f); err == nil && ok {
+	if _, ok, err := pvhEntry(f, len(k)); err == nil && ok {
 		return KindPVH
 	}
 	return KindELFGuest
