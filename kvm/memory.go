@@ -50,3 +50,13 @@ func MemoryView(m *Memory, off, n uint64) (*Memory, error) {
 	}
 	return &Memory{b: m.b[off : off+n : off+n]}, nil
 }
+
+// Discard drops the contents of the whole mapping (it reads as zeros
+// again) and returns its pages to the host. MADV_REMOVE is what frees a
+// shared anonymous mapping's pages; MADV_DONTNEED would keep them.
+func (m *Memory) Discard() error {
+	if err := unix.Madvise(m.b, unix.MADV_REMOVE); err != nil {
+		return fmt.Errorf("discard guest memory: %w", err)
+	}
+	return nil
+}

@@ -158,17 +158,15 @@ func init() {
 			st, running := c.s.vmm.Status()
 			return obj{{"status", st}, {"singlestep", false}, {"running", running}}, nil
 		})},
-		"stop": {run: none(func(c *client, _ map[string]any) error { return c.s.vmm.StopVM() })},
-		"cont": {run: none(func(c *client, _ map[string]any) error { return c.s.vmm.Cont() })},
-		"system_reset": {run: none(func(*client, map[string]any) error {
-			return generic("system_reset is not supported: snapvmm cannot reset a running guest in place (reboot from inside the guest ends the VM)")
-		})},
+		"stop":         {run: none(func(c *client, _ map[string]any) error { return c.s.vmm.StopVM() })},
+		"cont":         {run: none(func(c *client, _ map[string]any) error { return c.s.vmm.Cont() })},
+		"system_reset": {run: none(func(c *client, _ map[string]any) error { return c.s.vmm.SystemReset() })},
 		"system_powerdown": {run: none(func(*client, map[string]any) error {
 			return generic("system_powerdown is not supported: the machine has no ACPI power button the guest could act on")
 		})},
 		"quit": {run: func(c *client, _ map[string]any) (any, func(), error) {
+			c.s.vmm.Quit()
 			return nil, func() {
-				c.s.vmm.Quit()
 				if c.s.onQuit != nil {
 					go c.s.onQuit()
 				}

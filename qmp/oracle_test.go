@@ -154,6 +154,8 @@ var oracleSteps = []step{
 	{"running load ok", `{"execute":"snapshot-load","arguments":{"job-id":"c3","tag":"r1","vmstate":"disk0","devices":["disk0","disk1"]}}`, "c3"},
 	{"running load missing", `{"execute":"snapshot-load","arguments":{"job-id":"c4","tag":"zz","vmstate":"disk0","devices":["disk0","disk1"]}}`, "c4"},
 	{"status after failed load", `{"execute":"query-status"}`, ""},
+	{"system reset", `{"execute":"system_reset"}`, ""},
+	{"status after reset", `{"execute":"query-status"}`, ""},
 }
 
 // images makes the drives both sides use (separate copies): two qcow2

@@ -25,6 +25,7 @@ type VMM interface {
 	Status() (status string, running bool)
 	StopVM() error
 	Cont() error
+	SystemReset() error
 	Quit()
 	Jobs() *vmm.Jobs
 	SnapshotSave(jobID, tag, vmstate string, devices []string) (start func(), err error)
@@ -175,7 +176,7 @@ func eventData(e vmm.Event) any {
 	switch e.Name {
 	case "JOB_STATUS_CHANGE":
 		return obj{{"status", e.Data["status"]}, {"id", e.Data["id"]}}
-	case "SHUTDOWN":
+	case "SHUTDOWN", "RESET":
 		return obj{{"guest", e.Data["guest"]}, {"reason", e.Data["reason"]}}
 	}
 	return e.Data

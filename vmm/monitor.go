@@ -24,6 +24,7 @@ type Guest interface {
 	SaveState(w io.Writer, p snapshot.Progress) (uint64, error)
 	VerifyState(r io.ReaderAt, size uint64) error
 	LoadState(r io.ReaderAt, size uint64) error
+	Reset() error
 }
 
 // Monitor carries out what a QMP client asks: run control, snapshot jobs,
@@ -57,12 +58,12 @@ func NewMonitor(g Guest, reg *block.Registry) *Monitor {
 		m.mu.Lock()
 		quit := m.quit
 		m.mu.Unlock()
-		reason := map[ExitKind]string{ExitReset: "guest-reset", ExitPowerOff: "guest-shutdown",
-			ExitQuit: "host-qmp-quit", ExitError: "guest-panic"}[g.ExitStatus().Kind]
 		if quit {
-			reason = "host-qmp-quit"
+			return // Quit reported the shutdown already
 		}
-		m.emit(Event{Name: "SHUTDOWN", Data: map[string]any{"guest": !quit && g.ExitStatus().Kind != ExitQuit, "reason": reason}, Time: time.Now()})
+		reason := map[ExitKind]string{ExitReset: "guest-reset", ExitPowerOff: "guest-shutdown",
+			ExitQuit: "host-signal", ExitError: "guest-panic"}[g.ExitStatus().Kind]
+		m.emit(Event{Name: "SHUTDOWN", Data: map[string]any{"guest": g.ExitStatus().Kind != ExitQuit, "reason": reason}, Time: time.Now()})
 	}()
 	return m
 }
@@ -173,12 +174,38 @@ func (m *Monitor) Cont() error {
 	return m.resume()
 }
 
-// Quit is the quit command: the VM stops and the process is expected to
-// exit once Done is closed.
+// SystemReset is system_reset: the guest restarts from its power-on state
+// and keeps its run state; a RESET event follows.
+func (m *Monitor) SystemReset() error {
+	m.runMu.Lock()
+	defer m.runMu.Unlock()
+	if m.guest.State() == StateShutdown {
+		return errors.New("the VM has shut down")
+	}
+	if err := m.guest.Reset(); err != nil {
+		return err
+	}
+	if m.guest.State() != StateRunning {
+		// QEMU: a machine reset while not running is back in prelaunch.
+		m.mu.Lock()
+		m.ran, m.stoppedAs = false, ""
+		m.mu.Unlock()
+	}
+	m.emit(Event{Name: "RESET", Data: map[string]any{"guest": false, "reason": "host-qmp-system-reset"}})
+	return nil
+}
+
+// Quit is the quit command: SHUTDOWN is reported at once (before the
+// reply, as QEMU does), then the VM stops; the process exits once Done is
+// closed.
 func (m *Monitor) Quit() {
 	m.mu.Lock()
+	already := m.quit
 	m.quit = true
 	m.mu.Unlock()
+	if !already {
+		m.emit(Event{Name: "SHUTDOWN", Data: map[string]any{"guest": false, "reason": "host-qmp-quit"}})
+	}
 	go m.guest.Stop()
 }
 

@@ -251,3 +251,34 @@ func TestSMPSaveLoadEveryVCPUContinues(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestResetReturnsToPowerOn(t *testing.T) {
+	vm, out := newGuestVM(t, "counter", 1)
+	addr := symbol(t, "counter", "counter")
+	if err := vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "counter 4194304\n", 30*time.Second)
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if vm.State() != StatePaused {
+		t.Fatalf("a paused VM is %v after reset", vm.State())
+	}
+	if c := readU64(t, vm, addr); c != 0 {
+		t.Fatalf("counter %d after reset, want 0", c)
+	}
+	if err := vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(out.String(), "counter guest: running in ring 3") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest did not boot again after reset:\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -18,7 +18,12 @@ func (vm *VM) runVCPU(c *kvm.VCPU, ready chan<- error) {
 	defer runtime.UnlockOSThread()
 	c.BindThread()
 	defer vm.vcpuExited()
-	if err := vm.setupVCPU(c); err != nil {
+	err := vm.setupVCPU(c)
+	if err == nil {
+		// The state before the first KVM_RUN is what a reset restores.
+		vm.bootCPU[c.ID()], err = c.SaveState(vm.caps, vm.msrIndexes)
+	}
+	if err != nil {
 		vm.requestExit(ExitError, err)
 		ready <- err
 		return

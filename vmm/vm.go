@@ -105,6 +105,13 @@ type VM struct {
 	work        map[int][]vcpuWork
 	blks        []*virtio.Block
 
+	// The power-on state, for Reset: vCPU and VM-wide KVM state taken
+	// before the first KVM_RUN, device states taken at creation.
+	bootCPU  []*kvm.VCPUState
+	bootVM   *kvm.VMState
+	bootDevs map[string][]byte
+	params   boot.Params
+
 	mu      sync.Mutex
 	cond    *sync.Cond
 	state   State
@@ -215,7 +222,64 @@ func New(cfg Config) (vm *VM, err error) {
 	if err = vm.createVCPUs(); err != nil {
 		return nil, err
 	}
+	if err = vm.capturePowerOn(); err != nil {
+		return nil, err
+	}
 	return vm, nil
+}
+
+// capturePowerOn records the VM-wide and device state a reset returns to.
+func (vm *VM) capturePowerOn() error {
+	var err error
+	if vm.bootVM, err = vm.kvm.SaveState(); err != nil {
+		return err
+	}
+	vm.bootCPU = make([]*kvm.VCPUState, len(vm.vcpus))
+	vm.bootDevs = map[string][]byte{}
+	for _, d := range vm.devs {
+		st, ok := d.Dev.(devices.Stateful)
+		if !ok {
+			return fmt.Errorf("device %s cannot be reset: it keeps no state", d.ID)
+		}
+		b, err := st.SaveState()
+		if err != nil {
+			return fmt.Errorf("device %s: %w", d.ID, err)
+		}
+		vm.bootDevs[d.ID] = b
+	}
+	for _, b := range vm.blks {
+		b.Resume() // SaveState left them drained
+	}
+	return nil
+}
+
+// Reset puts the VM back in its power-on state, like pressing reset: RAM is
+// discarded and the kernel loaded again, every vCPU, the irqchip, PIT and
+// clock and every device return to how they were before the first
+// instruction ran. The run state (running or paused) is kept.
+func (vm *VM) Reset() error {
+	wasRunning := vm.State() == StateRunning
+	if err := vm.Pause(); err != nil {
+		return fmt.Errorf("reset VM: %w", err)
+	}
+	if err := vm.mem.Discard(); err != nil {
+		return fmt.Errorf("reset VM: %w", err)
+	}
+	if _, err := boot.Load(vm.Mem(), vm.params); err != nil {
+		return fmt.Errorf("reset VM: reload kernel: %w", err)
+	}
+	if err := vm.RestoreCPUs(vm.bootCPU, vm.bootVM); err != nil {
+		return fmt.Errorf("reset VM: %w", err)
+	}
+	for _, d := range vm.devs {
+		if err := d.Dev.(devices.Stateful).RestoreState(d.Dev.(devices.Stateful).StateVersion(), vm.bootDevs[d.ID]); err != nil {
+			return fmt.Errorf("reset VM: device %s: %w", d.ID, err)
+		}
+	}
+	if wasRunning {
+		return vm.Resume()
+	}
+	return nil
 }
 
 func (vm *VM) mapMemory() error {
@@ -257,6 +321,7 @@ func (vm *VM) load() error {
 		}
 	}
 	p.Cmdline = cmdline
+	vm.params = p
 	e, err := boot.Load(vm.Mem(), p)
 	if err != nil {
 		return err

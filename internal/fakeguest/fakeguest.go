@@ -30,6 +30,7 @@ type Guest struct {
 	Payload []byte
 	Loaded  []byte
 	Saves   int
+	Resets  int
 }
 
 // New makes a fake guest in the given state (StatePaused is QEMU's -S).
@@ -126,6 +127,17 @@ func read(r io.ReaderAt, size uint64) ([]byte, error) {
 func (g *Guest) VerifyState(r io.ReaderAt, size uint64) error {
 	_, err := read(r, size)
 	return err
+}
+
+// Reset implements vmm.Guest; it counts resets.
+func (g *Guest) Reset() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.state == vmm.StateShutdown {
+		return errors.New("reset: VM is shut down")
+	}
+	g.Resets++
+	return nil
 }
 
 // LoadState implements vmm.Guest.
