@@ -20,8 +20,16 @@ func (vm *VM) runVCPU(c *kvm.VCPU, ready chan<- error) {
 	defer vm.vcpuExited()
 	err := vm.setupVCPU(c)
 	if err == nil {
-		// The state before the first KVM_RUN is what a reset restores.
-		vm.bootCPU[c.ID()], err = c.SaveState(vm.caps, vm.msrIndexes)
+		// The state before the first KVM_RUN is what a reset restores;
+		// without it only resets are refused.
+		st, serr := c.SaveState(vm.caps, vm.msrIndexes)
+		vm.mu.Lock()
+		if serr != nil && vm.bootErr == nil {
+			vm.bootErr = serr
+			vm.log.Warnf("system_reset will be unavailable: %v", serr)
+		}
+		vm.bootCPU[c.ID()] = st
+		vm.mu.Unlock()
 	}
 	if err != nil {
 		vm.requestExit(ExitError, err)

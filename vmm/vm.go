@@ -110,6 +110,7 @@ type VM struct {
 	bootCPU  []*kvm.VCPUState
 	bootVM   *kvm.VMState
 	bootDevs map[string][]byte
+	bootErr  error // why Reset is unavailable, if capturing failed
 	params   boot.Params
 
 	mu      sync.Mutex
@@ -222,8 +223,10 @@ func New(cfg Config) (vm *VM, err error) {
 	if err = vm.createVCPUs(); err != nil {
 		return nil, err
 	}
-	if err = vm.capturePowerOn(); err != nil {
-		return nil, err
+	if err := vm.capturePowerOn(); err != nil {
+		// Only system_reset needs it: run the VM, refuse resets.
+		vm.bootErr = err
+		vm.log.Warnf("system_reset will be unavailable: capture power-on state: %v", err)
 	}
 	return vm, nil
 }
@@ -258,6 +261,12 @@ func (vm *VM) capturePowerOn() error {
 // clock and every device return to how they were before the first
 // instruction ran. The run state (running or paused) is kept.
 func (vm *VM) Reset() error {
+	vm.mu.Lock()
+	berr := vm.bootErr
+	vm.mu.Unlock()
+	if berr != nil {
+		return fmt.Errorf("reset VM: the power-on state could not be captured: %w", berr)
+	}
 	wasRunning := vm.State() == StateRunning
 	if err := vm.Pause(); err != nil {
 		return fmt.Errorf("reset VM: %w", err)
