@@ -490,8 +490,6 @@ func (vm *VM) Start(paused bool) error {
 		vm.mu.Unlock()
 		return fmt.Errorf("start VM: VM is %s, not created", s)
 	}
-	vm.mu.Unlock()
-	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	to := StateRunning
 	if paused {
