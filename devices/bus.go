@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 )
@@ -34,6 +35,48 @@ type Bus struct {
 	mu     sync.RWMutex
 	ranges []busRange
 	log    *logrus.Entry
+	limit  rateLimit
+}
+
+// rateLimit lets a guest that pokes unclaimed addresses in a loop cost at
+// most a few log lines a second; the rest are counted and summarised.
+type rateLimit struct {
+	mu      sync.Mutex
+	window  time.Time
+	n       int
+	dropped int
+}
+
+// logBurst is how many lines one second may carry.
+const logBurst = 10
+
+func (r *rateLimit) allow(now time.Time) (ok bool, dropped int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now.Sub(r.window) >= time.Second {
+		dropped, r.dropped = r.dropped, 0
+		r.window, r.n = now, 0
+	}
+	if r.n >= logBurst {
+		r.dropped++
+		return false, 0
+	}
+	r.n++
+	return true, dropped
+}
+
+func (b *Bus) logf(format string, a ...any) {
+	if b.log == nil {
+		return
+	}
+	ok, dropped := b.limit.allow(time.Now())
+	if !ok {
+		return
+	}
+	if dropped > 0 {
+		b.log.Debugf("%s bus: %d more unhandled accesses were not logged", b.space, dropped)
+	}
+	b.log.Debugf(format, a...)
 }
 
 // NewBus makes an empty bus; space names it in logs ("pio", "mmio").
@@ -80,9 +123,7 @@ func (b *Bus) Read(addr uint64, data []byte) {
 	for i := range data {
 		data[i] = 0xff
 	}
-	if b.log != nil {
-		b.log.Debugf("unhandled %s read at %#x (%d bytes)", b.space, addr, len(data))
-	}
+	b.logf("unhandled %s read at %#x (%d bytes)", b.space, addr, len(data))
 }
 
 // Write dispatches a guest write; unclaimed addresses drop it.
@@ -91,9 +132,7 @@ func (b *Bus) Write(addr uint64, data []byte) {
 		r.dev.Write(addr-r.base, data)
 		return
 	}
-	if b.log != nil {
-		b.log.Debugf("unhandled %s write at %#x (%d bytes): % x", b.space, addr, len(data), data)
-	}
+	b.logf("unhandled %s write at %#x (%d bytes): % x", b.space, addr, len(data), data)
 }
 
 // Sink is a device that ignores writes and reads as a fixed byte; it stands

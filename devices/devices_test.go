@@ -2,10 +2,13 @@ package devices
 
 import (
 	"bytes"
+	"io"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
 )
 
 type irqRecorder struct {
@@ -277,4 +280,30 @@ func TestBusRoutingAndOverlap(t *testing.T) {
 		t.Fatal("unclaimed read must be all ones")
 	}
 	b.Write(0x1234, d4) // must not panic
+}
+
+// countHook counts log entries.
+type countHook struct{ n int }
+
+func (h *countHook) Levels() []logrus.Level { return logrus.AllLevels }
+func (h *countHook) Fire(*logrus.Entry) error {
+	h.n++
+	return nil
+}
+
+func TestUnhandledAccessLoggingIsBounded(t *testing.T) {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	l.SetLevel(logrus.DebugLevel)
+	h := &countHook{}
+	l.AddHook(h)
+	b := NewBus("mmio", logrus.NewEntry(l))
+	d := make([]byte, 4)
+	for i := 0; i < 100000; i++ {
+		b.Read(0xdead0000, d)
+		b.Write(0xdead0000, d)
+	}
+	if h.n == 0 || h.n > 3*logBurst {
+		t.Fatalf("%d log lines for 200000 unhandled accesses", h.n)
+	}
 }
