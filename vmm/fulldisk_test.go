@@ -1,0 +1,119 @@
+package vmm_test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/snapvmm/snapvmm/block"
+	"github.com/snapvmm/snapvmm/internal/fakeguest"
+	"github.com/snapvmm/snapvmm/vmm"
+	"golang.org/x/sys/unix"
+)
+
+const fullEnv = "SNAPVMM_FULLDISK_IMAGE"
+
+// TestFullDiskHelper runs a snapshot-save under a file size limit (what a
+// full disk looks like to a writer) when started by TestSaveOnFullDisk.
+func TestFullDiskHelper(t *testing.T) {
+	img := os.Getenv(fullEnv)
+	if img == "" {
+		t.Skip("helper process for TestSaveOnFullDisk")
+	}
+	limit, _ := strconv.ParseUint(os.Getenv(fullEnv+"_LIMIT"), 10, 64)
+	signal.Ignore(syscall.SIGXFSZ) // get EFBIG from write instead of dying
+	if err := unix.Setrlimit(unix.RLIMIT_FSIZE, &unix.Rlimit{Cur: limit, Max: limit}); err != nil {
+		t.Fatal(err)
+	}
+	reg := block.NewRegistry()
+	if _, err := reg.OpenDrive(block.DriveSpec{File: img, NodeName: "disk0", If: "none"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	g := fakeguest.New(vmm.StateRunning, bytes.Repeat([]byte{0xab}, 8<<20))
+	mon := vmm.NewMonitor(g, reg)
+	start, err := mon.SnapshotSave("big", "big", "disk0", []string{"disk0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start()
+	j, _ := mon.Jobs().Wait("big")
+	st, _ := mon.Status()
+	fmt.Printf("JOB-ERROR=%s\nSTATUS=%s\n", j.Error, st)
+	reg.Close()
+}
+
+func TestSaveOnFullDisk(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("skipping: qemu-img not installed")
+	}
+	img := filepath.Join(t.TempDir(), "d.qcow2")
+	if err := block.CreateQcow2(img, 4<<20, block.CreateOptions{ClusterSize: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	q, err := block.OpenQcow2(img, "d", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("keep"), 1<<18)
+	q.WriteAt(data, 0)
+	q.WriteVMState([]byte("vm-of-keep"), 0)
+	if _, err := q.CreateSnapshot(block.Snapshot{Name: "keep", VMStateSize: 10, ICount: -1}); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	st, _ := os.Stat(img)
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe, "-test.run=^TestFullDiskHelper$", "-test.count=1")
+	cmd.Env = append(os.Environ(), fullEnv+"="+img, fmt.Sprintf("%s_LIMIT=%d", fullEnv, st.Size()+1<<20))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "JOB-ERROR=Error while writing VM state") || !strings.Contains(string(out), "file too large") {
+		t.Fatalf("the save did not fail with the write error:\n%s", out)
+	}
+	if !strings.Contains(string(out), "STATUS=running") {
+		t.Fatalf("the VM was not resumed after the failed save:\n%s", out)
+	}
+	check, cerr := exec.Command("qemu-img", "check", img).CombinedOutput()
+	if code := exitCode(cerr); code != 0 && code != 3 {
+		t.Fatalf("qemu-img check exit %d after the failed save:\n%s", code, check)
+	}
+	q, err = block.OpenQcow2(img, "d", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if _, ok := q.FindSnapshot("big"); ok {
+		t.Fatal("a failed save left a snapshot behind")
+	}
+	vm := make([]byte, 10)
+	if err := q.ReadVMState("keep", vm, 0); err != nil || string(vm) != "vm-of-keep" {
+		t.Fatalf("older snapshot damaged: %q %v", vm, err)
+	}
+	got := make([]byte, len(data))
+	q.ReadAt(got, 0)
+	if !bytes.Equal(got, data) {
+		t.Fatal("disk contents changed by a failed save")
+	}
+	if r, err := q.Check(true); err != nil || r.Corruptions != 0 {
+		t.Fatalf("repair: %v\n%s", err, r.Summary())
+	}
+}
+
+func exitCode(err error) int {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
