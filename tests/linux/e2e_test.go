@@ -88,3 +88,40 @@ func TestE2ESnapshotOverMonitor(t *testing.T) {
 		t.Fatal("snapshot not deleted")
 	}
 }
+
+// TestE2EVirtioDisk: the Linux guest writes and reads its virtio-blk disk
+// (hardware KVM only).
+func TestE2EVirtioDisk(t *testing.T) {
+	if requireKVM(t) {
+		t.Skip("skipping: Linux user space cannot run on this PVM host; this test needs hardware KVM")
+	}
+	img := filepath.Join(t.TempDir(), "disk.qcow2")
+	if err := block.CreateQcow2(img, 16<<20, block.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	node, err := block.OpenQcow2(img, "vda", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	con := &console{}
+	vm, err := vmm.New(vmm.Config{Kernel: readGuestFile(t, "bzImage"), Initrd: readGuestFile(t, "initramfs.cpio"),
+		Cmdline: "console=ttyS0 reboot=k panic=-1", Memory: 256 << 20, VCPUs: 1, Serial: con,
+		Disks: []block.Node{node}, PVMWorkarounds: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	if err := vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	con.waitFor(t, vm, readyMarker, 120*time.Second)
+	vm.Serial.Input([]byte("echo snapvmm-disk-data | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null && echo wrote-$((1+2))\n"))
+	con.waitFor(t, vm, "wrote-3", 30*time.Second)
+	vm.Serial.Input([]byte("dd if=/dev/vda bs=512 count=1 2>/dev/null | head -c 17; echo ' read-'$((2+2))\n"))
+	con.waitFor(t, vm, "snapvmm-disk-data read-4", 30*time.Second)
+	got := make([]byte, 17)
+	if _, err := node.ReadAt(got, 0); err != nil || string(got) != "snapvmm-disk-data" {
+		t.Fatalf("sector 0 on the host: %q %v", got, err)
+	}
+}
