@@ -4,11 +4,11 @@ GO       ?= go
 BUILD    := build
 BIN      := $(BUILD)/snapvmm
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-GUESTS   := hello counter timer smp fpu smpcount blk
+GUESTS   := hello counter timer smp fpu smpcount blk fill
 GUESTSRC := testdata/guests/src
 GUEST_CACHE ?= $(HOME)/.cache/snapvmm/guest
 
-.PHONY: all build test e2e run stress testguests guest guest-deps clean vet fmt
+.PHONY: all build test e2e run stress bench testguests-present testguests guest guest-deps clean vet fmt
 
 all: build
 
@@ -58,6 +58,14 @@ e2e: build guest
 # Build everything and boot the Linux guest with its console here.
 run: build
 	@bash tests/guest/run.sh
+
+# snapshot-save/load of snapvmm against QEMU 7.2 on the same machine
+# (docs/benchmarks.md). BENCHFLAGS=-json for machines.
+bench: build testguests-present
+	$(GO) run ./tests/bench $(BENCHFLAGS)
+
+testguests-present:
+	@test -f testdata/guests/fill || { echo "testdata/guests/fill is missing: make testguests"; exit 1; }
 
 # Every fuzz target for FUZZTIME each; crashers land in testdata/fuzz and
 # are kept there as regression inputs.

@@ -1,0 +1,497 @@
+// Command bench measures snapshot-save and snapshot-load of snapvmm against
+// QEMU on the same machine: the fill test guest dirties a fraction of its
+// RAM, then both VMMs save and load over QMP with the VM running. QEMU gets
+// the same RAM content paged in from a file (memory-backend-file,
+// share=off). Results are medians; see docs/benchmarks.md.
+package main
+
+import (
+	"bytes"
+	"debug/elf"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/snapvmm/snapvmm/block"
+	"github.com/snapvmm/snapvmm/qmp"
+)
+
+type scenario struct {
+	RAM      uint64 `json:"ram_bytes"`
+	Permille uint64 `json:"fill_permille"`
+}
+
+func (s scenario) String() string {
+	return fmt.Sprintf("%s RAM, %d%% filled", block.SizeToStr(s.RAM), s.Permille/10)
+}
+
+// figures are one run's measurements.
+type figures struct {
+	SaveWall, SavePause, LoadWall, LoadPause time.Duration
+	VMStateSize, PeakRSS                     uint64
+}
+
+type result struct {
+	Scenario scenario `json:"scenario"`
+	VMM      string   `json:"vmm"`
+	Runs     int      `json:"runs"`
+	Median   *figures `json:"median,omitempty"`
+	Error    string   `json:"error,omitempty"`
+}
+
+type limits struct {
+	WriteBytesPerSec  float64 `json:"write_bytes_per_sec"`
+	MemcpyBytesPerSec float64 `json:"memcpy_bytes_per_sec"`
+}
+
+func main() {
+	jsonOut := flag.Bool("json", false, "print JSON instead of Markdown")
+	runs := flag.Int("runs", 3, "runs per scenario and VMM (the median is reported)")
+	scen := flag.String("scenarios", "256M:100,256M:900,1G:100,1G:900", "RAM:permille pairs")
+	snapvmm := flag.String("snapvmm", "build/snapvmm", "snapvmm binary")
+	qemu := flag.String("qemu", "qemu-system-x86_64", "QEMU binary")
+	guest := flag.String("guest", "testdata/guests/fill", "fill guest ELF")
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "snapvmm-bench-")
+	if err != nil {
+		fail(err)
+	}
+	defer os.RemoveAll(dir)
+	var scenarios []scenario
+	for _, s := range strings.Split(*scen, ",") {
+		ram, pm, ok := strings.Cut(s, ":")
+		size, err := parseSize(ram)
+		p, perr := strconv.ParseUint(pm, 10, 64)
+		if !ok || err != nil || perr != nil || p > 1000 {
+			fail(fmt.Errorf("scenario %q: want RAM:permille, like 1G:900", s))
+		}
+		scenarios = append(scenarios, scenario{RAM: size, Permille: p})
+	}
+	lim := measureLimits(dir)
+	var results []result
+	for _, s := range scenarios {
+		for _, vmm := range []string{"snapvmm", "qemu"} {
+			r := result{Scenario: s, VMM: vmm}
+			var all []figures
+			for i := 0; i < *runs; i++ {
+				var f figures
+				var err error
+				if vmm == "snapvmm" {
+					f, err = runSnapvmm(dir, *snapvmm, *guest, s)
+				} else {
+					f, err = runQEMU(dir, *qemu, s)
+				}
+				if err != nil {
+					r.Error = err.Error()
+					break
+				}
+				all = append(all, f)
+			}
+			r.Runs = len(all)
+			if len(all) > 0 && r.Error == "" {
+				m := median(all)
+				r.Median = &m
+			}
+			results = append(results, r)
+			fmt.Fprintf(os.Stderr, "bench: %s on %s: %d runs %s\n", s, vmm, r.Runs, r.Error)
+		}
+	}
+	if *jsonOut {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(map[string]any{"limits": lim, "results": results})
+		return
+	}
+	printMarkdown(lim, results)
+}
+
+func fail(err error) {
+	fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+	os.Exit(1)
+}
+
+func parseSize(s string) (uint64, error) {
+	mult := uint64(1)
+	switch {
+	case strings.HasSuffix(s, "G"):
+		mult, s = 1<<30, strings.TrimSuffix(s, "G")
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1<<20, strings.TrimSuffix(s, "M")
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	return v * mult, err
+}
+
+// The fill content, the same as the guest computes (testdata/guests/src/fill.s).
+const (
+	firstPage = 1024 // 4 MiB
+	seed      = 0x1234567
+)
+
+func pageChosen(p, permille uint64) bool {
+	return ((p*0x9e3779b97f4a7c15)>>32)%1000 < permille
+}
+
+func fillPage(p uint64, out []byte) {
+	x := (p*0x2545f4914f6cdd1d ^ seed) | 1
+	for i := 0; i < 512; i++ {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		binary.LittleEndian.PutUint64(out[8*i:], x)
+	}
+}
+
+// memoryFile writes QEMU's RAM image: the fill guest's content.
+func memoryFile(path string, s scenario) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Truncate(int64(s.RAM)); err != nil {
+		return err
+	}
+	page := make([]byte, 4096)
+	for p := uint64(firstPage); p < s.RAM/4096; p++ {
+		if pageChosen(p, s.Permille) {
+			fillPage(p, page)
+			if _, err := f.WriteAt(page, int64(p*4096)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// patchedGuest writes a copy of the fill guest with its parameters set.
+func patchedGuest(dir, guest string, s scenario) (string, error) {
+	b, err := os.ReadFile(guest)
+	if err != nil {
+		return "", err
+	}
+	f, err := elf.NewFile(bytes.NewReader(b))
+	if err != nil {
+		return "", err
+	}
+	syms, err := f.Symbols()
+	if err != nil {
+		return "", err
+	}
+	for _, sym := range syms {
+		if sym.Name != "fill_params" {
+			continue
+		}
+		sec := f.Sections[sym.Section]
+		off := sec.Offset + sym.Value - sec.Addr
+		binary.LittleEndian.PutUint64(b[off:], s.Permille)
+		binary.LittleEndian.PutUint64(b[off+8:], seed)
+		p := filepath.Join(dir, "fill-guest")
+		return p, os.WriteFile(p, b, 0o644)
+	}
+	return "", errors.New("fill guest has no fill_params symbol")
+}
+
+func freshImage(dir string) (string, error) {
+	p := filepath.Join(dir, "disk.qcow2")
+	os.Remove(p)
+	return p, block.CreateQcow2(p, 64<<20, block.CreateOptions{})
+}
+
+func runSnapvmm(dir, bin, guest string, s scenario) (figures, error) {
+	g, err := patchedGuest(dir, guest, s)
+	if err != nil {
+		return figures{}, err
+	}
+	img, err := freshImage(dir)
+	if err != nil {
+		return figures{}, err
+	}
+	out, sock := filepath.Join(dir, "serial.txt"), filepath.Join(dir, "snapvmm.sock")
+	cmd := exec.Command(bin, "run", "--kernel", g, "--memory", strconv.FormatUint(s.RAM>>20, 10)+"M",
+		"--serial", "file:"+out, "--drive", "file="+img+",node-name=disk0,if=none", "--qmp", "unix:"+sock, "--log-level", "error")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return figures{}, err
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		b, _ := os.ReadFile(out)
+		if bytes.Contains(b, []byte("fill ready")) {
+			break
+		}
+		if cmd.ProcessState != nil || time.Now().After(deadline) {
+			return figures{}, fmt.Errorf("the fill guest never got ready: %s", strings.TrimSpace(stderr.String()))
+		}
+		if exited(cmd) {
+			return figures{}, fmt.Errorf("snapvmm exited: %s", strings.TrimSpace(stderr.String()))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return measure(sock, cmd.Process.Pid, false)
+}
+
+func exited(cmd *exec.Cmd) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		return true
+	}
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	return bytes.Contains(b, []byte("State:\tZ"))
+}
+
+func runQEMU(dir, bin string, s scenario) (figures, error) {
+	if _, err := exec.LookPath(bin); err != nil {
+		return figures{}, fmt.Errorf("%s not installed", bin)
+	}
+	mem := filepath.Join(dir, "ram.img")
+	if err := memoryFile(mem, s); err != nil {
+		return figures{}, err
+	}
+	img, err := freshImage(dir)
+	if err != nil {
+		return figures{}, err
+	}
+	sock := filepath.Join(dir, "qemu.sock")
+	os.Remove(sock)
+	size := strconv.FormatUint(s.RAM>>20, 10) + "M"
+	cmd := exec.Command(bin, "-S", "-display", "none", "-nodefaults", "-machine", "pc,memory-backend=ram0", "-m", size,
+		"-object", "memory-backend-file,id=ram0,size="+size+",mem-path="+mem+",share=off",
+		"-blockdev", "driver=file,filename="+img+",node-name=f0", "-blockdev", "driver=qcow2,file=f0,node-name=disk0",
+		"-qmp", "unix:"+sock+",server=on,wait=off")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return figures{}, err
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return measure(sock, cmd.Process.Pid, true)
+}
+
+// measure runs snapshot-save then snapshot-load on a running VM.
+func measure(sock string, pid int, cont bool) (figures, error) {
+	cl, err := qmp.Dial(sock)
+	if err != nil {
+		return figures{}, err
+	}
+	defer cl.Close()
+	if cont {
+		if _, err := cl.Execute("cont", nil); err != nil {
+			return figures{}, err
+		}
+	}
+	var f figures
+	args := map[string]any{"job-id": "bench-save", "tag": "b", "vmstate": "disk0", "devices": []any{"disk0"}}
+	if f.SaveWall, f.SavePause, err = timedJob(cl, "snapshot-save", args); err != nil {
+		return f, err
+	}
+	r, err := cl.Execute("query-named-block-nodes", nil)
+	if err != nil {
+		return f, err
+	}
+	for _, n := range r.([]any) {
+		m := n.(map[string]any)
+		img, _ := m["image"].(map[string]any)
+		snaps, _ := img["snapshots"].([]any)
+		for _, sn := range snaps {
+			if v, ok := sn.(map[string]any)["vm-state-size"].(float64); ok && v > 0 {
+				f.VMStateSize = uint64(v)
+			}
+		}
+	}
+	args["job-id"] = "bench-load"
+	if f.LoadWall, f.LoadPause, err = timedJob(cl, "snapshot-load", args); err != nil {
+		return f, err
+	}
+	f.PeakRSS = peakRSS(pid)
+	cl.Execute("quit", nil)
+	return f, nil
+}
+
+func eventTime(m map[string]any) time.Time {
+	ts, _ := m["timestamp"].(map[string]any)
+	s, _ := ts["seconds"].(float64)
+	us, _ := ts["microseconds"].(float64)
+	return time.Unix(int64(s), int64(us)*1000)
+}
+
+// timedJob runs a job and returns the wall time from the command to the
+// concluded event, and the time from STOP to RESUME.
+func timedJob(cl *qmp.Client, cmd string, args map[string]any) (wall, pause time.Duration, err error) {
+	id := args["job-id"].(string)
+	start := time.Now()
+	if _, err := cl.Execute(cmd, args); err != nil {
+		return 0, 0, err
+	}
+	var stop, resume time.Time
+	for {
+		e, err := cl.NextEvent(30 * time.Minute)
+		if err != nil {
+			return 0, 0, err
+		}
+		switch e["event"] {
+		case "STOP":
+			stop = eventTime(e)
+		case "RESUME":
+			resume = eventTime(e)
+		case "JOB_STATUS_CHANGE":
+			d, _ := e["data"].(map[string]any)
+			if d["id"] == id && d["status"] == "concluded" {
+				wall = time.Since(start)
+				if !stop.IsZero() && !resume.IsZero() {
+					pause = resume.Sub(stop)
+				}
+				jobs, _ := cl.Execute("query-jobs", nil)
+				for _, j := range jobs.([]any) {
+					jm := j.(map[string]any)
+					if jm["id"] == id && jm["error"] != nil {
+						return 0, 0, fmt.Errorf("%s: %v", cmd, jm["error"])
+					}
+				}
+				cl.Execute("job-dismiss", map[string]any{"id": id})
+				return wall, pause, nil
+			}
+		}
+	}
+}
+
+func peakRSS(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			f := strings.Fields(line)
+			kb, _ := strconv.ParseUint(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// measureLimits times sequential writes to the images' file system and a
+// large memory copy.
+func measureLimits(dir string) limits {
+	const size = 256 << 20
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	p := filepath.Join(dir, "bw.tmp")
+	f, err := os.Create(p)
+	var l limits
+	if err == nil {
+		start := time.Now()
+		for n := 0; n < size; n += len(buf) {
+			f.Write(buf)
+		}
+		f.Sync()
+		l.WriteBytesPerSec = size / time.Since(start).Seconds()
+		f.Close()
+		os.Remove(p)
+	}
+	src, dst := make([]byte, size), make([]byte, size)
+	for i := 0; i < size; i += 4096 {
+		src[i], dst[i] = 1, 1 // fault the pages in before timing
+	}
+	start := time.Now()
+	copy(dst, src)
+	l.MemcpyBytesPerSec = size / time.Since(start).Seconds()
+	return l
+}
+
+func median(all []figures) figures {
+	pick := func(get func(figures) float64) float64 {
+		v := make([]float64, len(all))
+		for i, f := range all {
+			v[i] = get(f)
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
+	}
+	return figures{
+		SaveWall:    time.Duration(pick(func(f figures) float64 { return float64(f.SaveWall) })),
+		SavePause:   time.Duration(pick(func(f figures) float64 { return float64(f.SavePause) })),
+		LoadWall:    time.Duration(pick(func(f figures) float64 { return float64(f.LoadWall) })),
+		LoadPause:   time.Duration(pick(func(f figures) float64 { return float64(f.LoadPause) })),
+		VMStateSize: uint64(pick(func(f figures) float64 { return float64(f.VMStateSize) })),
+		PeakRSS:     uint64(pick(func(f figures) float64 { return float64(f.PeakRSS) })),
+	}
+}
+
+func printMarkdown(l limits, results []result) {
+	fmt.Printf("Machine limits: sequential write %s/s to the image file system, memory copy %s/s.\n\n",
+		block.SizeToStr(uint64(l.WriteBytesPerSec)), block.SizeToStr(uint64(l.MemcpyBytesPerSec)))
+	fmt.Println("| scenario | figure | snapvmm | QEMU 7.2 | snapvmm/QEMU |")
+	fmt.Println("|---|---|---|---|---|")
+	byKey := map[string]result{}
+	var order []scenario
+	for _, r := range results {
+		key := r.Scenario.String() + r.VMM
+		byKey[key] = r
+		if r.VMM == "snapvmm" {
+			order = append(order, r.Scenario)
+		}
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	rows := []struct {
+		name string
+		get  func(figures) float64
+		unit func(float64) string
+	}{
+		{"save wall (ms)", func(f figures) float64 { return ms(f.SaveWall) }, func(v float64) string { return fmt.Sprintf("%.0f", v) }},
+		{"save pause (ms)", func(f figures) float64 { return ms(f.SavePause) }, func(v float64) string { return fmt.Sprintf("%.0f", v) }},
+		{"load wall (ms)", func(f figures) float64 { return ms(f.LoadWall) }, func(v float64) string { return fmt.Sprintf("%.0f", v) }},
+		{"load pause (ms)", func(f figures) float64 { return ms(f.LoadPause) }, func(v float64) string { return fmt.Sprintf("%.0f", v) }},
+		{"vmstate size", func(f figures) float64 { return float64(f.VMStateSize) }, func(v float64) string { return block.SizeToStr(uint64(v)) }},
+		{"peak RSS", func(f figures) float64 { return float64(f.PeakRSS) }, func(v float64) string { return block.SizeToStr(uint64(v)) }},
+		{"save rate / write limit", func(f figures) float64 {
+			if f.SaveWall == 0 || l.WriteBytesPerSec == 0 {
+				return 0
+			}
+			return float64(f.VMStateSize) / f.SaveWall.Seconds() / l.WriteBytesPerSec
+		}, func(v float64) string { return fmt.Sprintf("%.0f%%", 100*v) }},
+	}
+	cell := func(r result, get func(figures) float64, unit func(float64) string) (string, float64) {
+		if r.Median == nil {
+			return "n/a", 0
+		}
+		v := get(*r.Median)
+		return unit(v), v
+	}
+	for _, s := range order {
+		sv, qv := byKey[s.String()+"snapvmm"], byKey[s.String()+"qemu"]
+		for _, row := range rows {
+			a, av := cell(sv, row.get, row.unit)
+			b, bv := cell(qv, row.get, row.unit)
+			ratio := "n/a"
+			if av > 0 && bv > 0 {
+				ratio = fmt.Sprintf("%.2f", av/bv)
+			}
+			fmt.Printf("| %s | %s | %s | %s | %s |\n", s, row.name, a, b, ratio)
+		}
+	}
+	for _, r := range results {
+		if r.Error != "" {
+			fmt.Printf("\n%s, %s: not measured: %s\n", r.Scenario, r.VMM, r.Error)
+		}
+	}
+}
