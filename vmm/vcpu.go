@@ -104,6 +104,12 @@ func (vm *VM) park(c *kvm.VCPU) {
 		}
 		vm.cond.Wait()
 	}
+	// Leaving for good (a stop) with work still queued: fail it, or the
+	// caller waiting in onEachVCPU would wait forever.
+	for _, w := range vm.work[c.ID()] {
+		w.done <- fmt.Errorf("vCPU %d: the VM stopped before the request ran", c.ID())
+	}
+	vm.work[c.ID()] = nil
 	vm.parked--
 }
 
