@@ -736,14 +736,15 @@ func (q *Qcow2) writeThrough(p []byte, off uint64) error {
 		if e&flagCopied != 0 && e&flagCompr == 0 && e&offsetMask != 0 && !zeroFlag {
 			return q.writeAt(data, (e&offsetMask)+in)
 		}
-		buf := make([]byte, q.cs)
+		buf := data // a whole cluster is written as it is
 		if n < q.cs {
 			// Partial write to an unowned cluster: start from its contents.
+			buf = make([]byte, q.cs)
 			if err := q.readThrough(q.l1, buf, vc<<q.cbits); err != nil {
 				return err
 			}
+			copy(buf[in:], data)
 		}
-		copy(buf[in:], data)
 		nc, err := q.alloc(1)
 		if err != nil {
 			return err
