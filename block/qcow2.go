@@ -41,6 +41,13 @@ type Qcow2 struct {
 		off  uint64
 		data []byte
 	}
+	// vmL1 caches the L1 table of the snapshot whose vmstate was last
+	// read. Snapshot L1 tables never change, and a deleted one's clusters
+	// are only reused after the cache is dropped (writeSnapshots).
+	vmL1 struct {
+		off uint64
+		t   []uint64
+	}
 }
 
 // OpenQcow2 opens a qcow2 image.

@@ -164,6 +164,7 @@ func (q *Qcow2) writeSnapshots(snaps []qsnap) error {
 		return err
 	}
 	oldOff, oldSize := q.h.snapshotsOffset, q.snapTbl
+	q.vmL1.t = nil // a deleted snapshot's L1 clusters may be reused
 	q.snaps, q.h.snapshotsOffset, q.h.nbSnapshots = snaps, off, uint32(len(snaps))
 	q.snapTbl = uint64(len(tbl))
 	if oldOff != 0 && oldSize > 0 {
@@ -321,11 +322,15 @@ func (q *Qcow2) ReadVMState(idOrName string, p []byte, off int64) error {
 	if off < 0 || uint64(off)+uint64(len(p)) > s.vmStateSize {
 		return fmt.Errorf("read vmstate of %q from qcow2 %q: [%d,+%d) outside its %d bytes", idOrName, q.name, off, len(p), s.vmStateSize)
 	}
-	l1, err := q.readTable(s.l1Offset, uint64(s.l1Size))
-	if err != nil {
-		return err
+	// A load reads the vmstate in many pieces: keep the snapshot's L1.
+	if q.vmL1.off != s.l1Offset || q.vmL1.t == nil {
+		l1, err := q.readTable(s.l1Offset, uint64(s.l1Size))
+		if err != nil {
+			return err
+		}
+		q.vmL1.off, q.vmL1.t = s.l1Offset, l1
 	}
-	return q.readThrough(l1, p, q.vmStateOffset()+uint64(off))
+	return q.readThrough(q.vmL1.t, p, q.vmStateOffset()+uint64(off))
 }
 
 // dropVMState removes the vmstate area from the active L1 after a snapshot

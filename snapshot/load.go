@@ -326,18 +326,25 @@ func Load(m Machine, r io.ReaderAt, size uint64) error {
 	}
 	ram := m.RAM()
 	next := d.first
-	for p := uint64(0); p < d.pages; p++ {
-		page := ram[p*PageSize : (p+1)*PageSize]
-		if d.bitmap[p/8]&(1<<(p%8)) == 0 {
-			if !isZero(page) {
+	stored := func(p uint64) bool { return d.bitmap[p/8]&(1<<(p%8)) != 0 }
+	for p := uint64(0); p < d.pages; {
+		if !stored(p) {
+			if page := ram[p*PageSize : (p+1)*PageSize]; !isZero(page) {
 				clear(page)
 			}
+			p++
 			continue
 		}
-		if _, err := r.ReadAt(page, int64(next)); err != nil {
-			return fmt.Errorf("load VM state: read page %d: %w", p, err)
+		// Stored pages that are neighbours in RAM are neighbours in the
+		// stream too: read a run of them at once.
+		start := p
+		for p < d.pages && p-start < 256 && stored(p) {
+			p++
 		}
-		next += PageSize
+		if _, err := r.ReadAt(ram[start*PageSize:p*PageSize], int64(next)); err != nil {
+			return fmt.Errorf("load VM state: read pages %d-%d: %w", start, p-1, err)
+		}
+		next += (p - start) * PageSize
 	}
 	if err := m.RestoreCPUs(d.cpus, d.vm); err != nil {
 		return fmt.Errorf("load VM state: %w", err)
