@@ -41,8 +41,10 @@ PVH note, or a snapvmm test guest (a static 64-bit ELF, see docs/test-guests.md)
 
 The guest's serial port (COM1, 16550A at 0x3f8, IRQ 4) is on this terminal by
 default, in raw mode: keys go to the guest. Press Ctrl-a x to quit, Ctrl-a h
-for help. A guest reboot or poweroff ends snapvmm with status 0; a guest crash
-(triple fault, KVM internal error) ends it with status 1 and a register dump.
+for help. A guest reboot (Linux: reboot=k) ends snapvmm with status 0; there
+is no ACPI yet, so a Linux poweroff halts the guest: quit with Ctrl-a x. A guest
+crash (triple fault, KVM internal error) ends snapvmm with status 1 and a
+register dump.
 
 Examples:
   # a Linux guest with its console here
