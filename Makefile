@@ -4,7 +4,7 @@ GO       ?= go
 BUILD    := build
 BIN      := $(BUILD)/snapvmm
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-GUESTS   := hello counter timer smp fpu smpcount blk fill
+GUESTS   := hello counter timer smp fpu smpcount blk fill hostile
 GUESTSRC := testdata/guests/src
 GUEST_CACHE ?= $(HOME)/.cache/snapvmm/guest
 

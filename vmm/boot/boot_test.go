@@ -297,7 +297,7 @@ func TestLoadELFGuestErrors(t *testing.T) {
 }
 
 func TestCommittedGuestsLoad(t *testing.T) {
-	for _, g := range []string{"hello", "counter", "timer", "smp", "fpu", "smpcount", "blk"} {
+	for _, g := range []string{"hello", "counter", "timer", "smp", "fpu", "smpcount", "blk", "fill", "hostile"} {
 		k := readGuest(t, g)
 		if Probe(k) != KindELFGuest {
 			t.Fatalf("%s: Probe = %q", g, Probe(k))
