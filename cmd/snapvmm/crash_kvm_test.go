@@ -137,4 +137,3 @@ func exitStatus(err error) int {
 	}
 	return 0
 }
-
