@@ -71,3 +71,5 @@ func assertEqualBytes(t *testing.T, what string, got, want []byte) {
 		t.Fatalf("%s: length %d, want %d", what, len(got), len(want))
 	}
 }
+
+func writeFile(p string, b []byte) error { return os.WriteFile(p, b, 0o644) }
