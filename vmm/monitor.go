@@ -233,6 +233,16 @@ func (m *Monitor) resolve(devices []string) ([]snapNode, error) {
 	return out, nil
 }
 
+// snapshotNodes resolves a devices list and checks every node can take
+// part in a snapshot: the first checks of both save and load.
+func (m *Monitor) snapshotNodes(devices []string) ([]snapNode, error) {
+	nodes, err := m.resolve(devices)
+	if err != nil {
+		return nil, err
+	}
+	return nodes, canSnapshot(nodes)
+}
+
 // canSnapshot is QEMU's bdrv_all_can_snapshot: read-only nodes are left
 // alone, writable ones must support snapshots.
 func canSnapshot(nodes []snapNode) error {
@@ -307,11 +317,8 @@ func (r *vmStateReader) ReadAt(p []byte, off int64) (int, error) {
 
 // saveSnapshot is QEMU's save_snapshot with its order of checks.
 func (m *Monitor) saveSnapshot(ctx *JobCtx, tag, vmstate string, devices []string, overwrite bool) (err error) {
-	nodes, err := m.resolve(devices)
+	nodes, err := m.snapshotNodes(devices)
 	if err != nil {
-		return err
-	}
-	if err := canSnapshot(nodes); err != nil {
 		return err
 	}
 	if !overwrite {
@@ -394,11 +401,8 @@ func (m *Monitor) loadSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 			m.mu.Unlock()
 		}
 	}()
-	nodes, err := m.resolve(devices)
+	nodes, err := m.snapshotNodes(devices)
 	if err != nil {
-		return err
-	}
-	if err := canSnapshot(nodes); err != nil {
 		return err
 	}
 	for _, n := range writable(nodes) {
