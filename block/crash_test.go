@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/snapvmm/snapvmm/internal/testutil"
 )
 
 // crashEnv names the image the helper process works on.
@@ -87,16 +89,11 @@ func TestKillDuringSnapshotOps(t *testing.T) {
 		want[name] = d
 	}
 	q.Close()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	rounds, flagLag := 20, 0
 	defer func() { t.Logf("%d of %d kills left only COPIED flags behind refcounts", flagLag, rounds) }()
 	for round := 0; round < rounds; round++ {
-		cmd := exec.Command(exe, "-test.run=^TestCrashHelper$", "-test.count=1")
-		cmd.Env = append(os.Environ(), crashEnv+"="+path, fmt.Sprintf("%s_SEED=%d", crashEnv, round))
+		cmd := testutil.SelfCommand(t, "TestCrashHelper", crashEnv+"="+path, fmt.Sprintf("%s_SEED=%d", crashEnv, round))
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}

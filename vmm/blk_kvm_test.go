@@ -2,15 +2,12 @@ package vmm
 
 import (
 	"bytes"
-	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	"github.com/snapvmm/snapvmm/block"
-	"github.com/snapvmm/snapvmm/kvm"
 )
 
 const blkSector = 16
@@ -30,18 +27,7 @@ func newBlkVM(t *testing.T, disk block.Node) (*VM, *syncBuffer) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := &syncBuffer{}
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	vm, err := New(Config{Kernel: k, Memory: 64 << 20, VCPUs: 1, Serial: out, Disks: []block.Node{disk}, Log: logrus.NewEntry(log)})
-	if errors.Is(err, kvm.ErrUnavailable) {
-		t.Skipf("skipping: /dev/kvm cannot be opened: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	out.vm = vm
-	t.Cleanup(func() { vm.Close() })
+	vm, out := newVMConfig(t, Config{Kernel: k, Memory: 64 << 20, VCPUs: 1, Disks: []block.Node{disk}})
 	return vm, out
 }
 
@@ -62,7 +48,7 @@ func TestBlkGuestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer node.Close()
+			t.Cleanup(func() { node.Close() }) // after the VM
 			vm, out := newBlkVM(t, node)
 			if err := vm.Start(false); err != nil {
 				t.Fatal(err)
@@ -86,7 +72,7 @@ func TestBlkGuestSnapshotRevertsDiskAndRAM(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := block.NewRegistry()
-	defer reg.Close()
+	t.Cleanup(func() { reg.Close() }) // after the VM
 	d, err := reg.OpenDrive(block.DriveSpec{File: p, NodeName: "disk0", If: "virtio"}, nil)
 	if err != nil {
 		t.Fatal(err)

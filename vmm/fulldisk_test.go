@@ -14,6 +14,7 @@ import (
 
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/internal/fakeguest"
+	"github.com/snapvmm/snapvmm/internal/testutil"
 	"github.com/snapvmm/snapvmm/vmm"
 	"golang.org/x/sys/unix"
 )
@@ -69,9 +70,7 @@ func TestSaveOnFullDisk(t *testing.T) {
 	}
 	q.Close()
 	st, _ := os.Stat(img)
-	exe, _ := os.Executable()
-	cmd := exec.Command(exe, "-test.run=^TestFullDiskHelper$", "-test.count=1")
-	cmd.Env = append(os.Environ(), fullEnv+"="+img, fmt.Sprintf("%s_LIMIT=%d", fullEnv, st.Size()+1<<20))
+	cmd := testutil.SelfCommand(t, "TestFullDiskHelper", fullEnv+"="+img, fmt.Sprintf("%s_LIMIT=%d", fullEnv, st.Size()+1<<20))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("helper: %v\n%s", err, out)
@@ -83,7 +82,7 @@ func TestSaveOnFullDisk(t *testing.T) {
 		t.Fatalf("the VM was not resumed after the failed save:\n%s", out)
 	}
 	check, cerr := exec.Command("qemu-img", "check", img).CombinedOutput()
-	if code := exitCode(cerr); code != 0 && code != 3 {
+	if code := testutil.ExitCode(cerr); code != 0 && code != 3 {
 		t.Fatalf("qemu-img check exit %d after the failed save:\n%s", code, check)
 	}
 	q, err = block.OpenQcow2(img, "d", false)
@@ -106,14 +105,4 @@ func TestSaveOnFullDisk(t *testing.T) {
 	if r, err := q.Check(true); err != nil || r.Corruptions != 0 {
 		t.Fatalf("repair: %v\n%s", err, r.Summary())
 	}
-}
-
-func exitCode(err error) int {
-	if ee, ok := err.(*exec.ExitError); ok {
-		return ee.ExitCode()
-	}
-	if err != nil {
-		return -1
-	}
-	return 0
 }

@@ -1,7 +1,6 @@
 package vmm
 
 import (
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/snapvmm/snapvmm/block"
-	"github.com/snapvmm/snapvmm/kvm"
 )
 
 type lineCounter struct{ n int }
@@ -37,22 +35,13 @@ func TestHostileGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer node.Close()
+	t.Cleanup(func() { node.Close() }) // after the VM, whose cleanup is registered later
 	log := logrus.New()
 	log.SetOutput(os.Stderr)
 	log.SetLevel(logrus.DebugLevel)
 	lines := &lineCounter{}
 	log.AddHook(lines)
-	out := &syncBuffer{}
-	vm, err := New(Config{Kernel: k, Memory: 64 << 20, VCPUs: 1, Serial: out, Disks: []block.Node{node}, Log: logrus.NewEntry(log)})
-	if errors.Is(err, kvm.ErrUnavailable) {
-		t.Skipf("skipping: /dev/kvm cannot be opened: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	out.vm = vm
-	defer vm.Close()
+	vm, out := newVMConfig(t, Config{Kernel: k, Memory: 64 << 20, VCPUs: 1, Disks: []block.Node{node}, Log: logrus.NewEntry(log)})
 	log.SetOutput(&strings.Builder{}) // count, don't print, the debug flood
 	if err := vm.Start(false); err != nil {
 		t.Fatal(err)

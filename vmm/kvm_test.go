@@ -34,10 +34,22 @@ func guestPath(name string) string {
 
 func newVM(t *testing.T, kernel []byte, cpus int, mem uint64) (*VM, *syncBuffer) {
 	t.Helper()
+	return newVMConfig(t, Config{Kernel: kernel, Memory: mem, VCPUs: cpus})
+}
+
+// newVMConfig builds a test VM from cfg, with the console collected and a
+// quiet log unless cfg brings its own; it skips when /dev/kvm cannot be
+// opened and closes the VM when the test ends.
+func newVMConfig(t *testing.T, cfg Config) (*VM, *syncBuffer) {
+	t.Helper()
 	out := &syncBuffer{}
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	vm, err := New(Config{Kernel: kernel, Memory: mem, VCPUs: cpus, Serial: out, Log: logrus.NewEntry(log)})
+	cfg.Serial = out
+	if cfg.Log == nil {
+		log := logrus.New()
+		log.SetLevel(logrus.WarnLevel)
+		cfg.Log = logrus.NewEntry(log)
+	}
+	vm, err := New(cfg)
 	if errors.Is(err, kvm.ErrUnavailable) {
 		t.Skipf("skipping: /dev/kvm cannot be opened: %v", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/snapvmm/snapvmm/block"
+	"github.com/snapvmm/snapvmm/internal/testutil"
 	"github.com/snapvmm/snapvmm/kvm"
 	"github.com/snapvmm/snapvmm/qmp"
 )
@@ -70,7 +71,7 @@ func TestKill9DuringSave(t *testing.T) {
 		cmd.Wait()
 		cl.Close()
 		out, cerr := exec.Command("qemu-img", "check", img).CombinedOutput()
-		if code := exitStatus(cerr); code == 2 {
+		if code := testutil.ExitCode(cerr); code == 2 {
 			for _, line := range strings.Split(string(out), "\n") {
 				if strings.HasPrefix(line, "ERROR") && !strings.HasPrefix(line, "ERROR OFLAG_COPIED") {
 					t.Fatalf("round %d: corruption after kill -9:\n%s", round, out)
@@ -126,14 +127,4 @@ func dialRetry(sock string) (*qmp.Client, error) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return nil, err
-}
-
-func exitStatus(err error) int {
-	if ee, ok := err.(*exec.ExitError); ok {
-		return ee.ExitCode()
-	}
-	if err != nil {
-		return -1
-	}
-	return 0
 }

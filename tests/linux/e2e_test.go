@@ -56,7 +56,7 @@ func TestE2ESnapshotOverMonitor(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := block.NewRegistry()
-	defer reg.Close()
+	t.Cleanup(func() { reg.Close() }) // after the VM (boot registers its cleanup later)
 	if _, err := reg.OpenDrive(block.DriveSpec{File: img, NodeName: "disk0", If: "none"}, nil); err != nil {
 		t.Fatal(err)
 	}
