@@ -38,7 +38,7 @@ func (vm *VM) runVCPU(c *kvm.VCPU, ready chan<- error) {
 	}
 	ready <- nil
 	for {
-		switch vm.pendingRequest() {
+		switch vm.nextRequest(c) {
 		case reqStop:
 			vm.completePendingExit(c)
 			return
@@ -79,9 +79,18 @@ func (vm *VM) completePendingExit(c *kvm.VCPU) error {
 	return nil
 }
 
-func (vm *VM) pendingRequest() request {
+// nextRequest returns the pending request before each KVM_RUN. With none
+// pending it clears immediate_exit: a kick sets it only together with a
+// request, both under vm.mu, so clearing it here cannot lose a kick. Without
+// this, a pause that found the vCPU still parked from the previous pause (a
+// resume followed at once by a pause) would leave it set, and every later
+// KVM_RUN would return EINTR at once without running the guest.
+func (vm *VM) nextRequest(c *kvm.VCPU) request {
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
+	if vm.req == reqNone {
+		c.SetImmediateExit(false)
+	}
 	return vm.req
 }
 
