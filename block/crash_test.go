@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -65,9 +64,7 @@ func TestCrashHelper(t *testing.T) {
 // snapshots that existed before keep their data, and a leak repair leaves
 // it clean.
 func TestKillDuringSnapshotOps(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("skipping: qemu-img not installed")
-	}
+	testutil.NeedTool(t, "qemu-img")
 	dir := t.TempDir()
 	path := filepath.Join(dir, "crash.qcow2")
 	if err := CreateQcow2(path, 4<<20, CreateOptions{ClusterSize: 4096}); err != nil {

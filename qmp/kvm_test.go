@@ -1,7 +1,6 @@
 package qmp
 
 import (
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,8 +9,9 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
 	"github.com/snapvmm/snapvmm/block"
-	"github.com/snapvmm/snapvmm/kvm"
+	"github.com/snapvmm/snapvmm/internal/testutil"
 	"github.com/snapvmm/snapvmm/vmm"
 )
 
@@ -35,9 +35,7 @@ func TestPollingWhileTinyGuestSnapshots(t *testing.T) {
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
 	vm, err := vmm.New(vmm.Config{Kernel: k, Memory: 256 << 20, VCPUs: 1, Log: logrus.NewEntry(log)})
-	if errors.Is(err, kvm.ErrUnavailable) {
-		t.Skipf("skipping: /dev/kvm cannot be opened: %v", err)
-	}
+	testutil.SkipIfNoKVM(t, err)
 	if err != nil {
 		t.Fatal(err)
 	}

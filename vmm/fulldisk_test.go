@@ -12,11 +12,12 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/internal/fakeguest"
 	"github.com/snapvmm/snapvmm/internal/testutil"
 	"github.com/snapvmm/snapvmm/vmm"
-	"golang.org/x/sys/unix"
 )
 
 const fullEnv = "SNAPVMM_FULLDISK_IMAGE"
@@ -51,9 +52,7 @@ func TestFullDiskHelper(t *testing.T) {
 }
 
 func TestSaveOnFullDisk(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("skipping: qemu-img not installed")
-	}
+	testutil.NeedTool(t, "qemu-img")
 	img := filepath.Join(t.TempDir(), "d.qcow2")
 	if err := block.CreateQcow2(img, 4<<20, block.CreateOptions{ClusterSize: 4096}); err != nil {
 		t.Fatal(err)

@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
 	"github.com/snapvmm/snapvmm/internal/elfgen"
 	"github.com/snapvmm/snapvmm/internal/testutil"
-	"github.com/snapvmm/snapvmm/kvm"
 )
 
 // syncBuffer is the guest console of a test VM.
@@ -50,9 +50,7 @@ func newVMConfig(t *testing.T, cfg Config) (*VM, *syncBuffer) {
 		cfg.Log = logrus.NewEntry(log)
 	}
 	vm, err := New(cfg)
-	if errors.Is(err, kvm.ErrUnavailable) {
-		t.Skipf("skipping: /dev/kvm cannot be opened: %v", err)
-	}
+	testutil.SkipIfNoKVM(t, err)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,12 +284,7 @@ func TestTooManyVCPUs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sys, err := kvm.Open()
-	if err != nil {
-		t.Skipf("skipping: /dev/kvm cannot be opened: %v", err)
-	}
-	max := sys.MaxVCPUs()
-	sys.Close()
+	max := testutil.OpenKVM(t).MaxVCPUs()
 	_, err = New(Config{Kernel: k, Memory: 64 << 20, VCPUs: max + 1})
 	if !errors.Is(err, ErrBadConfig) || !strings.Contains(err.Error(), "at most") {
 		t.Fatalf("err = %v", err)

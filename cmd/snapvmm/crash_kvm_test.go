@@ -13,7 +13,6 @@ import (
 
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/internal/testutil"
-	"github.com/snapvmm/snapvmm/kvm"
 	"github.com/snapvmm/snapvmm/qmp"
 )
 
@@ -22,14 +21,8 @@ import (
 // COPIED flag) but never loses data: the snapshot saved before keeps its
 // VM state byte for byte and still loads with --loadvm.
 func TestKill9DuringSave(t *testing.T) {
-	sys, err := kvm.Open()
-	if err != nil {
-		t.Skipf("skipping: /dev/kvm cannot be opened: %v", err)
-	}
-	sys.Close()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("skipping: qemu-img not installed")
-	}
+	testutil.OpenKVM(t)
+	testutil.NeedTool(t, "qemu-img")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "state.qcow2")
 	if err := block.CreateQcow2(img, 64<<20, block.CreateOptions{}); err != nil {

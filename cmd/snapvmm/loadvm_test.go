@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snapvmm/snapvmm/kvm"
+	"github.com/snapvmm/snapvmm/internal/testutil"
 	"github.com/snapvmm/snapvmm/qmp"
 )
 
@@ -68,11 +68,7 @@ func waitFile(t *testing.T, path string, re *regexp.Regexp, d time.Duration) [][
 // process and restores it with --loadvm in another: the new process
 // continues the count instead of booting the guest.
 func TestLoadVMInANewProcess(t *testing.T) {
-	sys, err := kvm.Open()
-	if err != nil {
-		t.Skipf("skipping: /dev/kvm cannot be opened: %v", err)
-	}
-	sys.Close()
+	testutil.OpenKVM(t)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "state.qcow2")
 	if code := run([]string{"img", "create", "-f", "qcow2", img, "64M"}); code != 0 {

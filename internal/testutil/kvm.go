@@ -1,0 +1,49 @@
+package testutil
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/snapvmm/snapvmm/kvm"
+)
+
+// RequireKVMEnv names the environment variable that turns "no KVM here"
+// from a skip into a failure. The nested runner (tests/nested) sets it: a
+// run whose whole purpose is the KVM tests must not pass by skipping them.
+const RequireKVMEnv = "SNAPVMM_REQUIRE_KVM"
+
+// SkipIfNoKVM skips t when err says /dev/kvm cannot be opened (it wraps
+// kvm.ErrUnavailable), naming why; other errors are left to the caller.
+func SkipIfNoKVM(t testing.TB, err error) {
+	t.Helper()
+	if !errors.Is(err, kvm.ErrUnavailable) {
+		return
+	}
+	if os.Getenv(RequireKVMEnv) == "1" {
+		t.Fatalf("%s=1 but /dev/kvm cannot be opened: %v", RequireKVMEnv, err)
+	}
+	t.Skipf("skipping: /dev/kvm cannot be opened: %v", err)
+}
+
+// OpenKVM opens /dev/kvm for a test, skipping (see SkipIfNoKVM) where it
+// cannot; the system is closed when the test ends.
+func OpenKVM(t testing.TB) *kvm.System {
+	t.Helper()
+	sys, err := kvm.Open()
+	SkipIfNoKVM(t, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sys.Close() })
+	return sys
+}
+
+// NeedTool skips t when the named program is not installed.
+func NeedTool(t testing.TB, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		t.Skipf("skipping: %s not installed", name)
+	}
+}

@@ -1,0 +1,392 @@
+// Command nested runs snapvmm's KVM tests on a host without /dev/kvm: it
+// boots a Debian Linux kernel under QEMU's software emulator (TCG) with a
+// CPU that offers AMD SVM and nested paging, loads kvm-amd there, and runs
+// the test binaries of the KVM packages inside, with SNAPVMM_REQUIRE_KVM=1
+// so that a test which cannot open /dev/kvm fails instead of skipping.
+//
+// The KVM inside is ordinary hardware-style KVM (SVM), so this also covers
+// the code paths a PVM host never takes. It is slow (every instruction is
+// emulated) but fast enough for the tiny test guests.
+//
+//	go run ./tests/nested [-pkgs vmm,qmp,cmd/snapvmm] [-run REGEXP] [-e2e]
+//
+// It needs qemu-system-x86_64, apt-get and dpkg-deb (to fetch the kernel
+// package once; cached in ~/.cache/snapvmm/nested), busybox-static and
+// qemu-img. Exit status 0 only when every package's tests passed.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/snapvmm/snapvmm/internal/cpio"
+)
+
+// kvmModules are loaded in this order inside the nested machine.
+var kvmModules = []string{
+	"kernel/virt/lib/irqbypass.ko",
+	"kernel/drivers/crypto/ccp/ccp.ko",
+	"kernel/arch/x86/kvm/kvm.ko",
+	"kernel/arch/x86/kvm/kvm-amd.ko",
+}
+
+const resultMarker = "NESTED-RESULT"
+
+func main() {
+	pkgs := flag.String("pkgs", "kvm,vmm,qmp,cmd/snapvmm", "comma-separated packages whose tests run inside")
+	run := flag.String("run", "", "passed to the test binaries as -test.run")
+	e2e := flag.Bool("e2e", false, "also run tests/linux with the e2e tag (needs make guest)")
+	mem := flag.Int("mem", 4096, "memory of the nested machine, MiB")
+	timeout := flag.Duration("timeout", 25*time.Minute, "limit for the whole nested run")
+	keep := flag.Bool("keep", false, "keep the work directory")
+	flag.Parse()
+	list := splitList(*pkgs)
+	if *e2e {
+		list = append(list, "tests/linux")
+	}
+	if err := nested(list, *run, *e2e, *mem, *timeout, *keep); err != nil {
+		fmt.Fprintf(os.Stderr, "nested: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, strings.TrimPrefix(p, "./"))
+		}
+	}
+	return out
+}
+
+func nested(pkgs []string, run string, e2e bool, memMiB int, timeout time.Duration, keep bool) error {
+	for _, tool := range []string{"qemu-system-x86_64", "qemu-img"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is needed: apt-get install qemu-system-x86 qemu-utils", tool)
+		}
+	}
+	kdir, err := kernel()
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "snapvmm-nested-")
+	if err != nil {
+		return err
+	}
+	if keep {
+		fmt.Printf("nested: work directory %s\n", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
+	var files []file
+	for _, p := range pkgs {
+		bin := filepath.Join(work, strings.ReplaceAll(p, "/", "_")+".test")
+		args := []string{"test", "-c", "-o", bin}
+		if e2e && p == "tests/linux" {
+			args = append(args, "-tags", "e2e")
+		}
+		if err := runCmd(append([]string{"go"}, append(args, "./"+p)...), "CGO_ENABLED=0"); err != nil {
+			return fmt.Errorf("build the tests of %s: %w", p, err)
+		}
+		files = append(files, file{host: bin, guest: "repo/" + p + "/pkg.test", mode: 0o755})
+		if fi, err := os.Stat(filepath.Join(p, "testdata")); err == nil && fi.IsDir() {
+			files = append(files, tree(filepath.Join(p, "testdata"), "repo/"+p+"/testdata")...)
+		}
+	}
+	files = append(files, tree("testdata/guests", "repo/testdata/guests")...)
+	if e2e {
+		for _, f := range []string{"bzImage", "vmlinux", "initramfs.cpio"} {
+			files = append(files, file{host: filepath.Join("build/guest", f), guest: "repo/build/guest/" + f, mode: 0o644})
+		}
+	}
+	tools, err := toolFiles()
+	if err != nil {
+		return err
+	}
+	files = append(files, tools...)
+	for _, m := range kvmModules {
+		files = append(files, file{host: filepath.Join(kdir, "modules", m), guest: "mod/" + filepath.Base(m), mode: 0o644})
+	}
+	initrd := filepath.Join(work, "initrd.cpio")
+	if err := writeInitramfs(initrd, files, initScript(pkgs, run)); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64",
+		"-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", fmt.Sprint(memMiB),
+		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+		"-kernel", filepath.Join(kdir, "vmlinuz"), "-initrd", initrd,
+		"-append", "console=ttyS0 quiet panic=-1 oops=panic")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	fmt.Printf("nested: booting a TCG machine with SVM to run the KVM tests of %s\n", strings.Join(pkgs, ", "))
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start qemu-system-x86_64: %w", err)
+	}
+	results := scan(out, os.Stdout)
+	werr := cmd.Wait()
+	fmt.Printf("nested: %v in all\n", time.Since(start).Round(time.Second))
+	return verdict(pkgs, results, werr, ctx.Err())
+}
+
+// scan copies the console to w and collects each package's exit status.
+func scan(r io.Reader, w io.Writer) map[string]string {
+	results := map[string]string{}
+	re := regexp.MustCompile(resultMarker + ` (\S+) (\S+)`)
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		fmt.Fprintln(w, line)
+		if m := re.FindStringSubmatch(line); m != nil {
+			results[m[1]] = m[2]
+		}
+	}
+	return results
+}
+
+func verdict(pkgs []string, results map[string]string, werr, ctxErr error) error {
+	var bad []string
+	fmt.Println("nested: results")
+	for _, p := range pkgs {
+		rc, ok := results[p]
+		switch {
+		case !ok:
+			rc = "no result"
+			bad = append(bad, p)
+		case rc != "0":
+			bad = append(bad, p)
+		}
+		fmt.Printf("  %-16s %s\n", p, map[bool]string{true: "ok", false: "FAILED (" + rc + ")"}[rc == "0"])
+	}
+	if ctxErr != nil {
+		return fmt.Errorf("the nested machine ran past its time limit: %w", ctxErr)
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("KVM tests failed in %s", strings.Join(bad, ", "))
+	}
+	if werr != nil {
+		return fmt.Errorf("qemu-system-x86_64: %w", werr)
+	}
+	return nil
+}
+
+// initScript is /init of the nested machine: load KVM, then run each
+// package's test binary from its own directory (tests find their data by
+// relative paths) and print its exit status on a marker line.
+func initScript(pkgs []string, run string) []byte {
+	var b bytes.Buffer
+	b.WriteString(`#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/usr/bin HOME=/tmp TMPDIR=/tmp ` + "SNAPVMM_REQUIRE_KVM=1" + `
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
+for m in /mod/irqbypass.ko /mod/ccp.ko /mod/kvm.ko /mod/kvm-amd.ko; do insmod $m || echo "nested: insmod $m failed"; done
+[ -c /dev/kvm ] || { echo "nested: no /dev/kvm after loading kvm-amd"; dmesg | grep -i -E 'kvm|svm' | tail; }
+`)
+	flags := "-test.v -test.count=1 -test.timeout=20m"
+	if run != "" {
+		flags += " -test.run '" + strings.ReplaceAll(run, "'", `'\''`) + "'"
+	}
+	for _, p := range pkgs {
+		fmt.Fprintf(&b, "echo '=== nested: %s'\n(cd /repo/%s && ./pkg.test %s 2>&1)\necho \"%s %s $?\"\n", p, p, flags, resultMarker, p)
+	}
+	b.WriteString("sync; poweroff -f\n")
+	return b.Bytes()
+}
+
+// file is one file of the initramfs.
+type file struct {
+	host, guest string
+	mode        uint32
+}
+
+func tree(hostDir, guestDir string) []file {
+	var out []file
+	filepath.WalkDir(hostDir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		rel, _ := filepath.Rel(hostDir, p)
+		mode := uint32(0o644)
+		if fi, err := d.Info(); err == nil && fi.Mode()&0o111 != 0 {
+			mode = 0o755
+		}
+		out = append(out, file{host: p, guest: filepath.ToSlash(filepath.Join(guestDir, rel)), mode: mode})
+		return nil
+	})
+	return out
+}
+
+// toolFiles brings busybox (static) and qemu-img with the shared libraries
+// ldd lists for it.
+func toolFiles() ([]file, error) {
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		return nil, errors.New("busybox is needed: apt-get install busybox-static")
+	}
+	if out, _ := exec.Command("ldd", bb).CombinedOutput(); !bytes.Contains(out, []byte("not a dynamic")) {
+		return nil, fmt.Errorf("%s is not statically linked: apt-get install busybox-static", bb)
+	}
+	files := []file{{host: bb, guest: "bin/busybox", mode: 0o755}}
+	qi, err := exec.LookPath("qemu-img")
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, file{host: qi, guest: "usr/bin/qemu-img", mode: 0o755})
+	out, err := exec.Command("ldd", qi).Output()
+	if err != nil {
+		return nil, fmt.Errorf("ldd %s: %w", qi, err)
+	}
+	re := regexp.MustCompile(`(/\S+) \(0x`)
+	for _, m := range re.FindAllStringSubmatch(string(out), -1) {
+		lib := m[1]
+		real, err := filepath.EvalSymlinks(lib)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, file{host: real, guest: strings.TrimPrefix(lib, "/"), mode: 0o755})
+	}
+	return files, nil
+}
+
+func writeInitramfs(path string, files []file, init []byte) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	bw := bufio.NewWriterSize(f, 1<<20)
+	w := cpio.NewWriter(bw)
+	dirs := map[string]bool{}
+	var names []string
+	for _, fl := range files {
+		for d := filepath.Dir(fl.guest); d != "." && d != "/"; d = filepath.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	for _, d := range []string{"proc", "sys", "dev", "tmp", "bin", "usr/bin", "mod"} {
+		dirs[d] = true
+	}
+	for d := range dirs {
+		names = append(names, d)
+	}
+	sort.Strings(names) // parents before children
+	for _, d := range names {
+		if err := w.Add(cpio.Entry{Name: d, Mode: cpio.ModeDir | 0o755}); err != nil {
+			return err
+		}
+	}
+	if err := w.Add(cpio.Entry{Name: "dev/console", Mode: cpio.ModeChar | 0o600, Major: 5, Minor: 1}); err != nil {
+		return err
+	}
+	for _, fl := range files {
+		data, err := os.ReadFile(fl.host)
+		if err != nil {
+			return fmt.Errorf("initramfs: %w", err)
+		}
+		if err := w.Add(cpio.Entry{Name: fl.guest, Mode: cpio.ModeRegular | fl.mode, Data: data}); err != nil {
+			return err
+		}
+	}
+	if err := w.Add(cpio.Entry{Name: "init", Mode: cpio.ModeRegular | 0o755, Data: init}); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// kernel returns a directory holding vmlinuz and modules/ of Debian's
+// current amd64 kernel package, fetching it once into the cache.
+func kernel() (string, error) {
+	out, err := exec.Command("apt-cache", "depends", "linux-image-amd64").Output()
+	if err != nil {
+		return "", fmt.Errorf("apt-cache depends linux-image-amd64: %w", err)
+	}
+	m := regexp.MustCompile(`Depends: (linux-image-[0-9][^\s]*-amd64)`).FindSubmatch(out)
+	if m == nil {
+		return "", errors.New("apt-cache does not name the package behind linux-image-amd64")
+	}
+	pkg := string(m[1])
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(home, ".cache", "snapvmm", "nested", pkg)
+	if _, err := os.Stat(filepath.Join(dir, "vmlinuz")); err == nil {
+		return dir, nil
+	}
+	tmp, err := os.MkdirTemp("", "snapvmm-kernel-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	fmt.Printf("nested: fetching %s\n", pkg)
+	dl := exec.Command("apt-get", "download", pkg)
+	dl.Dir = tmp
+	if b, err := dl.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("apt-get download %s: %v\n%s", pkg, err, b)
+	}
+	debs, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
+	if len(debs) != 1 {
+		return "", fmt.Errorf("apt-get download %s left %d .deb files", pkg, len(debs))
+	}
+	root := filepath.Join(tmp, "root")
+	if b, err := exec.Command("dpkg-deb", "-x", debs[0], root).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("dpkg-deb -x %s: %v\n%s", debs[0], err, b)
+	}
+	ver := strings.TrimPrefix(pkg, "linux-image-")
+	stage := filepath.Join(tmp, "stage")
+	if err := os.MkdirAll(filepath.Join(stage, "modules"), 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Rename(filepath.Join(root, "boot", "vmlinuz-"+ver), filepath.Join(stage, "vmlinuz")); err != nil {
+		return "", fmt.Errorf("kernel package %s: %w", pkg, err)
+	}
+	for _, m := range kvmModules {
+		src := filepath.Join(root, "lib", "modules", ver, m)
+		dst := filepath.Join(stage, "modules", m)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return "", err
+		}
+		if err := os.Rename(src, dst); err != nil {
+			return "", fmt.Errorf("kernel package %s lacks %s: %w", pkg, m, err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Rename(stage, dir); err != nil {
+		return "", err
+	}
+	return dir, nil
+}
+
+func runCmd(argv []string, env ...string) error {
+	c := exec.Command(argv[0], argv[1:]...)
+	c.Env = append(os.Environ(), env...)
+	c.Stdout, c.Stderr = os.Stdout, os.Stderr
+	return c.Run()
+}
