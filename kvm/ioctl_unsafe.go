@@ -225,6 +225,7 @@ var (
 	ioGetDebugRegs  = gokvm.IIOR(0xa1, debugRegsSize)
 	ioSetDebugRegs  = gokvm.IIOW(0xa2, debugRegsSize)
 	ioGetTSCKHz     = gokvm.IIO(0xa3)
+	ioSetTSCKHz     = gokvm.IIO(0xa2)
 	ioGetIRQChip    = gokvm.IIOWR(0x62, irqchipSize)
 	ioSetIRQChip    = gokvm.IIOR(0x63, irqchipSize)
 	ioGetPIT2       = gokvm.IIOR(0x9f, pit2Size)

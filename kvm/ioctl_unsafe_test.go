@@ -48,6 +48,7 @@ func TestIoctlNumbers(t *testing.T) {
 		"KVM_GET_CLOCK":              {ioGetClock, 0x8030ae7c},
 		"KVM_SET_CLOCK":              {ioSetClock, 0x4030ae7b},
 		"KVM_GET_TSC_KHZ":            {ioGetTSCKHz, 0xaea3},
+		"KVM_SET_TSC_KHZ":            {ioSetTSCKHz, 0xaea2},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %#x, want %#x", name, c.got, c.want)

@@ -134,10 +134,29 @@ func (c *VCPU) SaveState(caps Capabilities, msrIndexes []uint32) (*VCPUState, er
 			return nil, err
 		}
 	}
-	if khz, err := ioctlVal(c.fd, ioGetTSCKHz, 0); err == nil {
-		s.TSCKHz = uint64(khz)
+	if khz, err := c.TSCKHz(); err == nil {
+		s.TSCKHz = khz
 	}
 	return s, nil
+}
+
+// TSCKHz issues KVM_GET_TSC_KHZ: the guest's TSC frequency.
+func (c *VCPU) TSCKHz() (uint64, error) {
+	khz, err := ioctlVal(c.fd, ioGetTSCKHz, 0)
+	if err != nil {
+		return 0, fmt.Errorf("KVM_GET_TSC_KHZ on vCPU %d: %w", c.id, err)
+	}
+	return uint64(khz), nil
+}
+
+// SetTSCKHz issues KVM_SET_TSC_KHZ. Without TSC scaling KVM accepts only a
+// rate above the host's (it then catches the TSC up on each entry) and
+// refuses a lower one.
+func (c *VCPU) SetTSCKHz(khz uint64) error {
+	if _, err := ioctlVal(c.fd, ioSetTSCKHz, uintptr(khz)); err != nil {
+		return fmt.Errorf("KVM_SET_TSC_KHZ %d on vCPU %d: %w", khz, c.id, err)
+	}
+	return nil
 }
 
 // readableMSRs reads every listed MSR, dropping those KVM refuses.

@@ -190,8 +190,15 @@ func (s *System) MSRIndexList() ([]uint32, error) {
 }
 
 // CreateVM creates a VM (KVM_CREATE_VM).
+//
+// KVM_CREATE_VM fails with EINTR when a signal arrives while it registers
+// its MMU notifier, and the Go runtime signals threads (SIGURG) at any
+// time: it is retried, as QEMU does.
 func (s *System) CreateVM() (*VM, error) {
 	r, err := gokvm.CreateVM(uintptr(s.fd))
+	for i := 0; i < 1000 && errors.Is(err, unix.EINTR); i++ {
+		r, err = gokvm.CreateVM(uintptr(s.fd))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("KVM_CREATE_VM: %w", err)
 	}

@@ -105,12 +105,14 @@ func readU64(t *testing.T, vm *VM, gpa uint64) uint64 {
 // waitAtLeast polls a guest counter in RAM until it reaches n. Tests watch
 // counters rather than printed lines where a guest may skip numbers (timer
 // ticks can arrive two at a time after a pause).
-func waitAtLeast(t *testing.T, vm *VM, gpa, n uint64, d time.Duration) {
+func (b *syncBuffer) waitAtLeast(t *testing.T, gpa, n uint64, d time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(d)
-	for readU64(t, vm, gpa) < n {
+	for readU64(t, b.vm, gpa) < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("counter at %#x is %d after %v, want at least %d", gpa, readU64(t, vm, gpa), d, n)
+			e := b.vm.ExitStatus()
+			t.Fatalf("counter at %#x is %d after %v, want at least %d (VM %v, exit %v %v); output:\n%s",
+				gpa, readU64(t, b.vm, gpa), d, n, b.vm.State(), e.Kind, e.Err, b.Tail())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -183,7 +185,7 @@ func TestCounterPauseResume(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitAtLeast(t, vm, addr, readU64(t, vm, addr)+1<<22, 30*time.Second)
+	out.waitAtLeast(t, addr, readU64(t, vm, addr)+1<<22, 30*time.Second)
 	if e := vm.Stop(); e.Kind != ExitQuit {
 		t.Fatalf("stop: %v %v", e.Kind, e.Err)
 	}
@@ -218,10 +220,11 @@ func TestTimerGuest(t *testing.T) {
 	for _, cpus := range []int{1, 4} {
 		t.Run(fmt.Sprintf("cpus=%d", cpus), func(t *testing.T) {
 			vm, out := newGuestVM(t, "timer", cpus)
+			ticks := symbol(t, "timer", "ticks")
 			if err := vm.Start(false); err != nil {
 				t.Fatal(err)
 			}
-			out.waitFor(t, "tick 20\n", 60*time.Second)
+			out.waitAtLeast(t, ticks, 20, 60*time.Second)
 			// Pause while the vCPU sleeps in hlt, then ticks resume.
 			if err := vm.Pause(); err != nil {
 				t.Fatal(err)
@@ -229,7 +232,7 @@ func TestTimerGuest(t *testing.T) {
 			if err := vm.Resume(); err != nil {
 				t.Fatal(err)
 			}
-			out.waitFor(t, "tick 40\n", 60*time.Second)
+			out.waitAtLeast(t, ticks, readU64(t, vm, ticks)+20, 60*time.Second)
 			if strings.Contains(out.String(), "unexpected") {
 				t.Fatalf("guest took an unexpected interrupt: %s", out.String())
 			}

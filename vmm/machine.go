@@ -84,6 +84,23 @@ func (vm *VM) RestoreCPUs(cpus []*kvm.VCPUState, vms *kvm.VMState) error {
 	if len(cpus) != len(vm.vcpus) {
 		return fmt.Errorf("restore: %d vCPU states for %d vCPUs", len(cpus), len(vm.vcpus))
 	}
+	// The TSC rate comes first: KVM derives the TSC offset of the restored
+	// TSC MSR from it. Like QEMU, a host that cannot give the guest its
+	// old rate is reported, not fatal: the guest's kvmclock follows the
+	// new rate, only a raw-TSC clocksource would drift.
+	if err := vm.onEachVCPU(func(c *kvm.VCPU) error {
+		want := cpus[c.ID()].TSCKHz
+		cur, err := c.TSCKHz()
+		if want == 0 || err != nil || cur == want {
+			return nil
+		}
+		if err := c.SetTSCKHz(want); err != nil {
+			vm.log.Warnf("restore: TSC frequency mismatch between the saved VM (%d kHz) and this host (%d kHz), and TSC scaling is unavailable: %v", want, cur, err)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
 	if err := vm.onEachVCPU(func(c *kvm.VCPU) error { return c.RestoreState(cpus[c.ID()], false) }); err != nil {
 		return err
 	}

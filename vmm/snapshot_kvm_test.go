@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/snapvmm/snapvmm/devices"
+	"github.com/snapvmm/snapvmm/kvm"
 	"github.com/snapvmm/snapvmm/vmm/boot"
 )
 
@@ -117,12 +118,12 @@ func TestFreshVMRestore(t *testing.T) {
 func TestTimerSaveLoadKeepsInterrupts(t *testing.T) {
 	for _, busy := range []bool{false, true} {
 		t.Run(fmt.Sprintf("busy=%v", busy), func(t *testing.T) {
-			vm, _ := newGuestVM(t, "timer", 1)
+			vm, out := newGuestVM(t, "timer", 1)
 			ticks := symbol(t, "timer", "ticks")
 			if err := vm.Start(false); err != nil {
 				t.Fatal(err)
 			}
-			waitAtLeast(t, vm, ticks, 20, 60*time.Second)
+			out.waitAtLeast(t, ticks, 20, 60*time.Second)
 			if busy {
 				time.Sleep(3 * time.Millisecond) // land between ticks, not only in hlt
 			}
@@ -131,7 +132,7 @@ func TestTimerSaveLoadKeepsInterrupts(t *testing.T) {
 			if err := vm.Resume(); err != nil {
 				t.Fatal(err)
 			}
-			waitAtLeast(t, vm, ticks, saved+30, 60*time.Second)
+			out.waitAtLeast(t, ticks, saved+30, 60*time.Second)
 			loadState(t, vm, st)
 			if got := readU64(t, vm, ticks); got != saved {
 				t.Fatalf("ticks after load %d, saved %d", got, saved)
@@ -140,7 +141,7 @@ func TestTimerSaveLoadKeepsInterrupts(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Interrupts keep arriving after the load.
-			waitAtLeast(t, vm, ticks, saved+20, 30*time.Second)
+			out.waitAtLeast(t, ticks, saved+20, 30*time.Second)
 		})
 	}
 }
@@ -275,4 +276,43 @@ func TestResetReturnsToPowerOn(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestRestoreSetsSavedTSCFrequency restores a vCPU state recorded at twice
+// this host's TSC rate: the guest's TSC then runs at the saved rate (KVM
+// scales it, or catches it up where the host has no TSC scaling), and the
+// guest keeps running.
+func TestRestoreSetsSavedTSCFrequency(t *testing.T) {
+	vm, out := newGuestVM(t, "counter", 1)
+	addr := symbol(t, "counter", "counter")
+	if err := vm.Start(true); err != nil {
+		t.Fatal(err)
+	}
+	cpus, err := vm.SaveCPUs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vms, err := vm.SaveVMState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cpus[0].TSCKHz == 0 {
+		t.Fatal("KVM_GET_TSC_KHZ reported no TSC rate")
+	}
+	want := 2 * cpus[0].TSCKHz
+	cpus[0].TSCKHz = want
+	if err := vm.RestoreCPUs(cpus, vms); err != nil {
+		t.Fatal(err)
+	}
+	var got uint64
+	if err := vm.onEachVCPU(func(c *kvm.VCPU) (err error) { got, err = c.TSCKHz(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatalf("TSC rate after restore %d kHz, saved %d kHz", got, want)
+	}
+	if err := vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	out.waitAtLeast(t, addr, 1<<22, 30*time.Second)
 }

@@ -146,7 +146,8 @@ func runSnapshotJob(w io.Writer, verb string, o *snapOpts) error {
 	}
 	tty := isTerminal(os.Stderr)
 	job, err := waitJob(cl, id, func(cur, total float64) {
-		if tty && total > 0 {
+		// A job reports 0 of 1 until the size of its work is known.
+		if tty && total > 1 {
 			fmt.Fprintf(os.Stderr, "\r%s %s: %3.0f%% (%s of %s)", verb, o.tag, 100*cur/total,
 				block.SizeToStr(uint64(cur)), block.SizeToStr(uint64(total)))
 		}

@@ -47,6 +47,7 @@ const resultMarker = "NESTED-RESULT"
 func main() {
 	pkgs := flag.String("pkgs", "kvm,vmm,qmp,cmd/snapvmm", "comma-separated packages whose tests run inside")
 	run := flag.String("run", "", "passed to the test binaries as -test.run")
+	count := flag.Int("count", 1, "passed to the test binaries as -test.count (hunting flaky tests)")
 	e2e := flag.Bool("e2e", false, "also run tests/linux with the e2e tag (needs make guest)")
 	mem := flag.Int("mem", 4096, "memory of the nested machine, MiB")
 	timeout := flag.Duration("timeout", 25*time.Minute, "limit for the whole nested run")
@@ -56,7 +57,7 @@ func main() {
 	if *e2e {
 		list = append(list, "tests/linux")
 	}
-	if err := nested(list, *run, *e2e, *mem, *timeout, *keep); err != nil {
+	if err := nested(list, *run, *count, *e2e, *mem, *timeout, *keep); err != nil {
 		fmt.Fprintf(os.Stderr, "nested: %v\n", err)
 		os.Exit(1)
 	}
@@ -72,7 +73,7 @@ func splitList(s string) []string {
 	return out
 }
 
-func nested(pkgs []string, run string, e2e bool, memMiB int, timeout time.Duration, keep bool) error {
+func nested(pkgs []string, run string, count int, e2e bool, memMiB int, timeout time.Duration, keep bool) error {
 	for _, tool := range []string{"qemu-system-x86_64", "qemu-img"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s is needed: apt-get install qemu-system-x86 qemu-utils", tool)
@@ -121,7 +122,7 @@ func nested(pkgs []string, run string, e2e bool, memMiB int, timeout time.Durati
 		files = append(files, file{host: filepath.Join(kdir, "modules", m), guest: "mod/" + filepath.Base(m), mode: 0o644})
 	}
 	initrd := filepath.Join(work, "initrd.cpio")
-	if err := writeInitramfs(initrd, files, initScript(pkgs, run)); err != nil {
+	if err := writeInitramfs(initrd, files, initScript(pkgs, run, count)); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -192,7 +193,7 @@ func verdict(pkgs []string, results map[string]string, werr, ctxErr error) error
 // initScript is /init of the nested machine: load KVM, then run each
 // package's test binary from its own directory (tests find their data by
 // relative paths) and print its exit status on a marker line.
-func initScript(pkgs []string, run string) []byte {
+func initScript(pkgs []string, run string, count int) []byte {
 	var b bytes.Buffer
 	b.WriteString(`#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -201,7 +202,7 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; m
 for m in /mod/irqbypass.ko /mod/ccp.ko /mod/kvm.ko /mod/kvm-amd.ko; do insmod $m || echo "nested: insmod $m failed"; done
 [ -c /dev/kvm ] || { echo "nested: no /dev/kvm after loading kvm-amd"; dmesg | grep -i -E 'kvm|svm' | tail; }
 `)
-	flags := "-test.v -test.count=1 -test.timeout=20m"
+	flags := fmt.Sprintf("-test.v -test.count=%d -test.timeout=20m", count)
 	if run != "" {
 		flags += " -test.run '" + strings.ReplaceAll(run, "'", `'\''`) + "'"
 	}
