@@ -816,6 +816,43 @@ func (q *Qcow2) Discard(off, n int64) error {
 	return q.discard(uint64(off), uint64(n))
 }
 
+// WriteZeroes makes [off, off+n) read as zeros without writing data:
+// whole clusters of a version 3 image become zero clusters (the L2 entry's
+// zero flag, no host cluster, as QEMU's write-zeroes with unmap does), of
+// a version 2 image unallocated clusters (there is no backing file for
+// them to show through). Partial clusters at the edges are written.
+func (q *Qcow2) WriteZeroes(off, n int64) error {
+	if q.ro {
+		return fmt.Errorf("write zeroes qcow2 %q: %w", q.name, ErrReadOnly)
+	}
+	if err := q.checkRange(int(n), off); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.h.version < 3 {
+		return q.discard(uint64(off), uint64(n))
+	}
+	return q.eachCluster(uint64(off), uint64(n), func(vc, in, m uint64) error {
+		if m < q.cs {
+			return q.writeThrough(make([]byte, m), vc<<q.cbits+in)
+		}
+		l1i, l2i := vc>>q.l2bits, vc&(q.l2n-1)
+		l2off, t, err := q.l2ForWrite(l1i)
+		if err != nil {
+			return err
+		}
+		e := t[l2i]
+		if e == flagZero {
+			return nil
+		}
+		if err := q.writeL2Entry(l2off, l2i, flagZero, t); err != nil {
+			return err
+		}
+		return q.releaseEntry(e)
+	})
+}
+
 func (q *Qcow2) discard(off, n uint64) error {
 	return q.eachCluster(off, n, func(vc, in, m uint64) error {
 		if m < q.cs {

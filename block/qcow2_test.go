@@ -3,6 +3,7 @@ package block
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -273,8 +274,12 @@ func TestPropertyAgainstModel(t *testing.T) {
 				case op < 76:
 					n := 1 + rng.Intn(4*int(cfg.cs))
 					off := rng.Intn(cfg.size - n + 1)
-					if err := q.Discard(int64(off), int64(n)); err != nil {
-						t.Fatalf("step %d discard: %v", step, err)
+					zero := q.Discard
+					if op >= 73 {
+						zero = q.WriteZeroes
+					}
+					if err := zero(int64(off), int64(n)); err != nil {
+						t.Fatalf("step %d discard or write zeroes: %v", step, err)
 					}
 					clear(active[off : off+n])
 				case op < 86 && len(names) < 12:
@@ -338,6 +343,62 @@ func TestPropertyAgainstModel(t *testing.T) {
 			qemuCheckClean(t, p)
 		})
 	}
+}
+
+// TestWriteZeroesMakesZeroClusters: on a version 3 image whole clusters
+// become zero clusters that qemu-img maps as zero without data, a snapshot
+// keeps the old contents, and both checkers find the image clean.
+func TestWriteZeroesMakesZeroClusters(t *testing.T) {
+	const cs = 65536
+	p := tmpImage(t, 4*cs, CreateOptions{ClusterSize: cs, Version: 3})
+	q := open(t, p)
+	old := pattern(7, 4*cs)
+	if _, err := q.WriteAt(old, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.CreateSnapshot(Snapshot{Name: "before", ICount: -1}); err != nil {
+		t.Fatal(err)
+	}
+	// Clusters 1 and 2 whole, plus 100 bytes at each edge.
+	if err := q.WriteZeroes(cs-100, 2*cs+200); err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte(nil), old...)
+	clear(want[cs-100 : 3*cs+100])
+	got := make([]byte, 4*cs)
+	if _, err := q.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	assertEqualBytes(t, "after write zeroes", got, want)
+	if r, err := q.Check(false); err != nil || r.ExitCode() != 0 {
+		t.Fatalf("own check: %v\n%s", err, r.Summary())
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheckClean(t, p)
+	var m []struct {
+		Start, Length int64
+		Zero, Data    bool
+	}
+	if err := json.Unmarshal([]byte(mustQemuImg(t, "map", "--output=json", p)), &m); err != nil {
+		t.Fatal(err)
+	}
+	zeroed := int64(0)
+	for _, e := range m {
+		if e.Zero && !e.Data {
+			if e.Start < cs || e.Start+e.Length > 3*cs {
+				t.Fatalf("qemu-img map: zero extent %+v outside clusters 1-2: %+v", e, m)
+			}
+			zeroed += e.Length
+		}
+	}
+	if zeroed != 2*cs {
+		t.Fatalf("qemu-img map shows %d zero bytes without data, want %d: %+v", zeroed, 2*cs, m)
+	}
+	assertEqualBytes(t, "qemu-img convert", qemuRawContents(t, p), want)
+	mustQemuImg(t, "snapshot", "-a", "before", p)
+	assertEqualBytes(t, "snapshot before", qemuRawContents(t, p), old)
 }
 
 func TestLeakRepair(t *testing.T) {

@@ -52,12 +52,16 @@ func main() {
 	mem := flag.Int("mem", 4096, "memory of the nested machine, MiB")
 	timeout := flag.Duration("timeout", 25*time.Minute, "limit for the whole nested run")
 	keep := flag.Bool("keep", false, "keep the work directory")
+	script := flag.String("script", "", "instead of tests, run this shell script inside (in /repo, with snapvmm and socat on PATH)")
 	flag.Parse()
 	list := splitList(*pkgs)
 	if *e2e {
 		list = append(list, "tests/linux")
 	}
-	if err := nested(list, *run, *count, *e2e, *mem, *timeout, *keep); err != nil {
+	if *script != "" {
+		list = []string{"script"}
+	}
+	if err := nested(list, *run, *count, *e2e, *mem, *timeout, *keep, *script); err != nil {
 		fmt.Fprintf(os.Stderr, "nested: %v\n", err)
 		os.Exit(1)
 	}
@@ -73,7 +77,7 @@ func splitList(s string) []string {
 	return out
 }
 
-func nested(pkgs []string, run string, count int, e2e bool, memMiB int, timeout time.Duration, keep bool) error {
+func nested(pkgs []string, run string, count int, e2e bool, memMiB int, timeout time.Duration, keep bool, script string) error {
 	for _, tool := range []string{"qemu-system-x86_64", "qemu-img"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s is needed: apt-get install qemu-system-x86 qemu-utils", tool)
@@ -93,6 +97,15 @@ func nested(pkgs []string, run string, count int, e2e bool, memMiB int, timeout 
 		defer os.RemoveAll(work)
 	}
 	var files []file
+	if script != "" {
+		bin := filepath.Join(work, "snapvmm")
+		if err := runCmd([]string{"go", "build", "-o", bin, "./cmd/snapvmm"}, "CGO_ENABLED=0"); err != nil {
+			return fmt.Errorf("build snapvmm: %w", err)
+		}
+		files = append(files, file{host: bin, guest: "usr/bin/snapvmm", mode: 0o755},
+			file{host: script, guest: "repo/script/pkg.test", mode: 0o755})
+		pkgs = nil
+	}
 	for _, p := range pkgs {
 		bin := filepath.Join(work, strings.ReplaceAll(p, "/", "_")+".test")
 		args := []string{"test", "-c", "-o", bin}
@@ -122,6 +135,9 @@ func nested(pkgs []string, run string, count int, e2e bool, memMiB int, timeout 
 		files = append(files, file{host: filepath.Join(kdir, "modules", m), guest: "mod/" + filepath.Base(m), mode: 0o644})
 	}
 	initrd := filepath.Join(work, "initrd.cpio")
+	if script != "" {
+		pkgs = []string{"script"}
+	}
 	if err := writeInitramfs(initrd, files, initScript(pkgs, run, count)); err != nil {
 		return err
 	}
@@ -207,7 +223,11 @@ for m in /mod/irqbypass.ko /mod/ccp.ko /mod/kvm.ko /mod/kvm-amd.ko; do insmod $m
 		flags += " -test.run '" + strings.ReplaceAll(run, "'", `'\''`) + "'"
 	}
 	for _, p := range pkgs {
-		fmt.Fprintf(&b, "echo '=== nested: %s'\n(cd /repo/%s && ./pkg.test %s 2>&1)\necho \"%s %s $?\"\n", p, p, flags, resultMarker, p)
+		cmd := fmt.Sprintf("cd /repo/%s && ./pkg.test %s 2>&1", p, flags)
+		if p == "script" {
+			cmd = "cd /repo && sh script/pkg.test 2>&1"
+		}
+		fmt.Fprintf(&b, "echo '=== nested: %s'\n(%s)\necho \"%s %s $?\"\n", p, cmd, resultMarker, p)
 	}
 	b.WriteString("sync; poweroff -f\n")
 	return b.Bytes()
@@ -236,8 +256,8 @@ func tree(hostDir, guestDir string) []file {
 	return out
 }
 
-// toolFiles brings busybox (static) and qemu-img with the shared libraries
-// ldd lists for it.
+// toolFiles brings busybox (static), and qemu-img and socat (when
+// installed) with the shared libraries ldd lists for them.
 func toolFiles() ([]file, error) {
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
@@ -247,23 +267,33 @@ func toolFiles() ([]file, error) {
 		return nil, fmt.Errorf("%s is not statically linked: apt-get install busybox-static", bb)
 	}
 	files := []file{{host: bb, guest: "bin/busybox", mode: 0o755}}
-	qi, err := exec.LookPath("qemu-img")
-	if err != nil {
-		return nil, err
-	}
-	files = append(files, file{host: qi, guest: "usr/bin/qemu-img", mode: 0o755})
-	out, err := exec.Command("ldd", qi).Output()
-	if err != nil {
-		return nil, fmt.Errorf("ldd %s: %w", qi, err)
-	}
-	re := regexp.MustCompile(`(/\S+) \(0x`)
-	for _, m := range re.FindAllStringSubmatch(string(out), -1) {
-		lib := m[1]
-		real, err := filepath.EvalSymlinks(lib)
+	seen := map[string]bool{}
+	for _, tool := range []string{"qemu-img", "socat"} {
+		path, err := exec.LookPath(tool)
 		if err != nil {
+			if tool == "socat" {
+				continue // only scripts use it
+			}
 			return nil, err
 		}
-		files = append(files, file{host: real, guest: strings.TrimPrefix(lib, "/"), mode: 0o755})
+		files = append(files, file{host: path, guest: "usr/bin/" + tool, mode: 0o755})
+		out, err := exec.Command("ldd", path).Output()
+		if err != nil {
+			return nil, fmt.Errorf("ldd %s: %w", path, err)
+		}
+		re := regexp.MustCompile(`(/\S+) \(0x`)
+		for _, m := range re.FindAllStringSubmatch(string(out), -1) {
+			lib := m[1]
+			if seen[lib] {
+				continue
+			}
+			seen[lib] = true
+			real, err := filepath.EvalSymlinks(lib)
+			if err != nil {
+				return nil, err
+			}
+			files = append(files, file{host: real, guest: strings.TrimPrefix(lib, "/"), mode: 0o755})
+		}
 	}
 	return files, nil
 }
