@@ -30,6 +30,17 @@ type Node interface {
 	Close() error
 }
 
+// Zeroer is a node that can drop data without writing it: the virtio-blk
+// discard and write-zeroes requests reach it.
+type Zeroer interface {
+	// Discard lets the node free [off, off+n); the range reads as zeros
+	// afterwards (snapvmm has no backing files to show through).
+	Discard(off, n int64) error
+	// WriteZeroes makes [off, off+n) read as zeros, freeing space where
+	// the format can.
+	WriteZeroes(off, n int64) error
+}
+
 // Snapshot describes one internal snapshot, with the fields QEMU keeps.
 type Snapshot struct {
 	ID          string

@@ -1,9 +1,12 @@
 package block
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // Raw is a plain image file: guest offset = file offset. It cannot hold
@@ -78,6 +81,39 @@ func (r *Raw) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	return r.f.WriteAt(p, off)
+}
+
+// Discard implements Zeroer by punching a hole in the file.
+func (r *Raw) Discard(off, n int64) error { return r.WriteZeroes(off, n) }
+
+// WriteZeroes implements Zeroer: a hole punched in the file, or zeros
+// written where the filesystem cannot punch holes.
+func (r *Raw) WriteZeroes(off, n int64) error {
+	if r.ro {
+		return fmt.Errorf("write zeroes raw %q: %w", r.name, ErrReadOnly)
+	}
+	if n < 0 || n > 1<<40 {
+		return fmt.Errorf("raw %q: write zeroes of %d bytes", r.name, n)
+	}
+	if err := r.check(int(n), off); err != nil {
+		return err
+	}
+	err := unix.Fallocate(int(r.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) {
+		return fmt.Errorf("raw %q: punch hole [%d,+%d): %w", r.name, off, n, err)
+	}
+	zero := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		m := min(n, int64(len(zero)))
+		if _, err := r.f.WriteAt(zero[:m], off); err != nil {
+			return fmt.Errorf("raw %q: write zeroes: %w", r.name, err)
+		}
+		off, n = off+m, n-m
+	}
+	return nil
 }
 
 // Flush implements Node.

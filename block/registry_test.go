@@ -1,6 +1,7 @@
 package block
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -85,5 +86,35 @@ func errUnwrapAll(err error) error {
 			return err
 		}
 		err = n
+	}
+}
+
+func TestRawWriteZeroes(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "d.raw")
+	if err := CreateRaw(p, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	r, err := OpenRaw(p, "d", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	data := bytes.Repeat([]byte{0x5a}, 1<<20)
+	if _, err := r.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteZeroes(4096, 8192+100); err != nil {
+		t.Fatal(err)
+	}
+	clear(data[4096 : 4096+8192+100])
+	got := make([]byte, 1<<20)
+	if _, err := r.ReadAt(got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("after write zeroes: %v", err)
+	}
+	if err := r.WriteZeroes(1<<20-10, 11); err == nil {
+		t.Fatal("write zeroes past the end accepted")
+	}
+	if fi, _ := os.Stat(p); fi.Size() != 1<<20 {
+		t.Fatalf("file size %d after punching a hole", fi.Size())
 	}
 }

@@ -15,13 +15,22 @@ import (
 const (
 	BlockDeviceID = 2
 
-	blkFeatureRO    = uint64(1) << 5
-	blkFeatureFlush = uint64(1) << 9
+	blkFeatureRO         = uint64(1) << 5
+	blkFeatureFlush      = uint64(1) << 9
+	blkFeatureDiscard    = uint64(1) << 13
+	blkFeatureWriteZeros = uint64(1) << 14
 
-	reqIn    = 0
-	reqOut   = 1
-	reqFlush = 4
-	reqGetID = 8
+	reqIn          = 0
+	reqOut         = 1
+	reqFlush       = 4
+	reqGetID       = 8
+	reqDiscard     = 11
+	reqWriteZeroes = 13
+
+	// One segment of up to 2 GiB per discard or write-zeroes request.
+	maxZeroSectors = 1 << 22
+	zeroSegSize    = 16
+	zeroFlagUnmap  = 1
 
 	statusOK     = 0
 	statusIOErr  = 1
@@ -65,6 +74,8 @@ func (b *Block) Features() uint64 {
 	f := FeatureVersion1 | blkFeatureFlush
 	if b.node.ReadOnly() {
 		f |= blkFeatureRO
+	} else if _, ok := b.node.(block.Zeroer); ok {
+		f |= blkFeatureDiscard | blkFeatureWriteZeros
 	}
 	return f
 }
@@ -72,10 +83,20 @@ func (b *Block) Features() uint64 {
 // QueueMax implements Device: one request queue.
 func (b *Block) QueueMax() []uint16 { return []uint16{blkQueueSize} }
 
-// ReadConfig implements Device: capacity in 512-byte sectors.
+// ReadConfig implements Device: capacity in 512-byte sectors, and the
+// discard and write-zeroes limits (struct virtio_blk_config offsets 36-56).
 func (b *Block) ReadConfig(off uint64, data []byte) {
-	var cfg [8]byte
+	var cfg [60]byte
 	binary.LittleEndian.PutUint64(cfg[:], b.node.Size()/sectorSize)
+	if b.Features()&blkFeatureDiscard != 0 {
+		le := binary.LittleEndian
+		le.PutUint32(cfg[36:], maxZeroSectors) // max_discard_sectors
+		le.PutUint32(cfg[40:], 1)              // max_discard_seg
+		le.PutUint32(cfg[44:], 1)              // discard_sector_alignment
+		le.PutUint32(cfg[48:], maxZeroSectors) // max_write_zeroes_sectors
+		le.PutUint32(cfg[52:], 1)              // max_write_zeroes_seg
+		cfg[56] = 1                            // write_zeroes_may_unmap
+	}
 	for i := range data {
 		if off+uint64(i) < uint64(len(cfg)) {
 			data[i] = cfg[off+uint64(i)]
@@ -249,6 +270,8 @@ func (b *Block) serve(bufs []Buffer) uint32 {
 		if err := b.node.Flush(); err != nil {
 			fail(err)
 		}
+	case reqDiscard, reqWriteZeroes:
+		status = b.zeroRange(typ, data)
 	case reqGetID:
 		id := []byte(b.node.Name())
 		if len(data) > 0 && data[0].Writable {
@@ -260,6 +283,38 @@ func (b *Block) serve(bufs []Buffer) uint32 {
 	}
 	st.Data[0] = status
 	return n + 1
+}
+
+// zeroRange serves a discard or write-zeroes request: one 16-byte segment
+// (sector, sector count, flags) in a driver-readable buffer.
+func (b *Block) zeroRange(typ uint32, data []Buffer) byte {
+	z, ok := b.node.(block.Zeroer)
+	if !ok || b.node.ReadOnly() {
+		return statusUnsupp
+	}
+	if len(data) != 1 || len(data[0].Data) != zeroSegSize || data[0].Writable {
+		b.badRequest(fmt.Errorf("discard/write-zeroes request with %d buffers: want one readable %d-byte segment", len(data), zeroSegSize))
+		return statusUnsupp
+	}
+	le := binary.LittleEndian
+	seg := data[0].Data
+	sector, count, flags := le.Uint64(seg), uint64(le.Uint32(seg[8:])), le.Uint32(seg[12:])
+	if typ == reqDiscard && flags != 0 || typ == reqWriteZeroes && flags&^zeroFlagUnmap != 0 {
+		return statusUnsupp // virtio 1.2, 5.2.6.2: unknown or misplaced flags
+	}
+	if count > maxZeroSectors || sector > b.node.Size()/sectorSize || count > b.node.Size()/sectorSize-sector {
+		b.badRequest(fmt.Errorf("discard/write-zeroes of sectors [%d,+%d) outside the disk", sector, count))
+		return statusIOErr
+	}
+	op := z.WriteZeroes
+	if typ == reqDiscard {
+		op = z.Discard
+	}
+	if err := op(int64(sector*sectorSize), int64(count*sectorSize)); err != nil {
+		b.badRequest(err)
+		return statusIOErr
+	}
+	return statusOK
 }
 
 // BlockState is the saved state of a virtio-blk device (version 1): the

@@ -200,11 +200,83 @@ func TestBlockWriteReadFlush(t *testing.T) {
 	}
 }
 
+// zeroSeg writes a discard/write-zeroes segment at gpa.
+func (d *driver) zeroSeg(gpa, sector uint64, count, flags uint32) {
+	binary.LittleEndian.PutUint64(d.mem[gpa:], sector)
+	binary.LittleEndian.PutUint32(d.mem[gpa+8:], count)
+	binary.LittleEndian.PutUint32(d.mem[gpa+12:], flags)
+}
+
+func TestBlockDiscardAndWriteZeroes(t *testing.T) {
+	d, node := newDriver(t, false)
+	d.w32(regDeviceFeatSel, 0)
+	if f := uint64(d.r32(regDeviceFeatures)); f&blkFeatureDiscard == 0 || f&blkFeatureWriteZeros == 0 {
+		t.Fatalf("discard and write-zeroes not offered: %#x", f)
+	}
+	var lim [4]byte
+	d.dev.Read(regConfig+48, lim[:])
+	if binary.LittleEndian.Uint32(lim[:]) != maxZeroSectors {
+		t.Fatalf("max_write_zeroes_sectors %d", binary.LittleEndian.Uint32(lim[:]))
+	}
+	data := bytes.Repeat([]byte{0xab}, 16384)
+	if _, err := node.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 16384)
+	for _, c := range []struct {
+		typ           uint32
+		sector        uint64
+		count, flags  uint32
+		status        byte
+		zeroedSectors [2]int // [from, to) now zero
+	}{
+		{reqWriteZeroes, 1, 9, zeroFlagUnmap, statusOK, [2]int{1, 10}}, // partial and a whole 4 KiB cluster
+		{reqDiscard, 16, 8, 0, statusOK, [2]int{16, 24}},
+		{reqDiscard, 24, 1, zeroFlagUnmap, statusUnsupp, [2]int{}}, // unmap is for write zeroes only
+		{reqWriteZeroes, 24, 1, 2, statusUnsupp, [2]int{}},         // unknown flag
+		{reqWriteZeroes, 2047, 2, 0, statusIOErr, [2]int{}},        // past the end
+		{reqDiscard, 1 << 60, 1, 0, statusIOErr, [2]int{}},
+	} {
+		d.zeroSeg(0x10000, c.sector, c.count, c.flags)
+		if st, _ := d.request(c.typ, 0, 0x10000, zeroSegSize, false); st != c.status {
+			t.Fatalf("type %d sectors [%d,+%d) flags %d: status %d, want %d", c.typ, c.sector, c.count, c.flags, st, c.status)
+		}
+		if c.status != statusOK {
+			continue
+		}
+		if _, err := node.ReadAt(got, 0); err != nil {
+			t.Fatal(err)
+		}
+		for s := c.zeroedSectors[0]; s < c.zeroedSectors[1]; s++ {
+			if !bytes.Equal(got[s*512:(s+1)*512], make([]byte, 512)) {
+				t.Fatalf("sector %d not zero after type %d", s, c.typ)
+			}
+		}
+		clear(data[c.zeroedSectors[0]*512 : c.zeroedSectors[1]*512])
+		if !bytes.Equal(got, data) {
+			t.Fatalf("type %d changed sectors outside [%d,%d)", c.typ, c.zeroedSectors[0], c.zeroedSectors[1])
+		}
+	}
+	// Two segments, or a writable one, are refused.
+	d.zeroSeg(0x10000, 0, 1, 0)
+	d.zeroSeg(0x10010, 1, 1, 0)
+	if st, _ := d.request(reqDiscard, 0, 0x10000, 2*zeroSegSize, false); st != statusUnsupp {
+		t.Fatalf("two segments: status %d", st)
+	}
+	if st, _ := d.request(reqDiscard, 0, 0x10000, zeroSegSize, true); st != statusUnsupp {
+		t.Fatalf("device-writable segment: status %d", st)
+	}
+}
+
 func TestBlockReadOnlyRefusesWrites(t *testing.T) {
 	d, _ := newDriver(t, true)
 	d.w32(regDeviceFeatSel, 0)
-	if uint64(d.r32(regDeviceFeatures))&blkFeatureRO == 0 {
-		t.Fatal("RO feature not offered")
+	if f := uint64(d.r32(regDeviceFeatures)); f&blkFeatureRO == 0 || f&(blkFeatureDiscard|blkFeatureWriteZeros) != 0 {
+		t.Fatalf("read-only disk offers features %#x", f)
+	}
+	d.zeroSeg(0x10000, 0, 1, 0)
+	if st, _ := d.request(reqWriteZeroes, 0, 0x10000, zeroSegSize, false); st != statusUnsupp {
+		t.Fatalf("write zeroes to a read-only disk: status %d", st)
 	}
 	if st, _ := d.request(reqOut, 0, 0x10000, 512, false); st != statusIOErr {
 		t.Fatalf("write to a read-only disk: status %d", st)

@@ -124,4 +124,10 @@ func TestE2EVirtioDisk(t *testing.T) {
 	if _, err := node.ReadAt(got, 0); err != nil || string(got) != "snapvmm-disk-data" {
 		t.Fatalf("sector 0 on the host: %q %v", got, err)
 	}
+	// Discard through virtio-blk's DISCARD request: the sector reads as zeros.
+	vm.Serial.Input([]byte("blkdiscard -o 0 -l 65536 /dev/vda && echo discarded-$((3+3))\n"))
+	con.waitFor(t, vm, "discarded-6", 30*time.Second)
+	if _, err := node.ReadAt(got, 0); err != nil || string(got) != string(make([]byte, 17)) {
+		t.Fatalf("sector 0 on the host after blkdiscard: %q %v", got, err)
+	}
 }
