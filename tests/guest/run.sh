@@ -7,6 +7,7 @@ cd "$(dirname "$0")/../.."
 bin=build/snapvmm
 if ! [ -c /dev/kvm ] || ! { exec 3<>/dev/kvm; } 2>/dev/null; then
 	echo "snapvmm: /dev/kvm cannot be opened on this host: no VM can run here (load kvm_intel or kvm_amd, or use a KVM-enabled machine)." >&2
+	echo "snapvmm: 'make e2e' still boots the Linux guest, snapshots it and uses its disk inside an emulated machine with nested KVM (tests/nested)." >&2
 	exit 1
 fi
 exec 3>&-
