@@ -805,15 +805,7 @@ func (q *Qcow2) WriteAt(p []byte, off int64) (int, error) {
 // Discard deallocates whole clusters in [off, off+n) so they read as zeros
 // and their space is freed; partial clusters at the edges are zeroed.
 func (q *Qcow2) Discard(off, n int64) error {
-	if q.ro {
-		return fmt.Errorf("discard qcow2 %q: %w", q.name, ErrReadOnly)
-	}
-	if err := q.checkRange(int(n), off); err != nil {
-		return err
-	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.discard(uint64(off), uint64(n))
+	return q.zeroRange("discard", off, n, q.discard)
 }
 
 // WriteZeroes makes [off, off+n) read as zeros without writing data:
@@ -822,18 +814,27 @@ func (q *Qcow2) Discard(off, n int64) error {
 // a version 2 image unallocated clusters (there is no backing file for
 // them to show through). Partial clusters at the edges are written.
 func (q *Qcow2) WriteZeroes(off, n int64) error {
+	if q.h.version < 3 {
+		return q.zeroRange("write zeroes", off, n, q.discard)
+	}
+	return q.zeroRange("write zeroes", off, n, q.zeroClusters)
+}
+
+// zeroRange checks and locks for Discard and WriteZeroes.
+func (q *Qcow2) zeroRange(op string, off, n int64, f func(off, n uint64) error) error {
 	if q.ro {
-		return fmt.Errorf("write zeroes qcow2 %q: %w", q.name, ErrReadOnly)
+		return fmt.Errorf("%s qcow2 %q: %w", op, q.name, ErrReadOnly)
 	}
 	if err := q.checkRange(int(n), off); err != nil {
 		return err
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.h.version < 3 {
-		return q.discard(uint64(off), uint64(n))
-	}
-	return q.eachCluster(uint64(off), uint64(n), func(vc, in, m uint64) error {
+	return f(uint64(off), uint64(n))
+}
+
+func (q *Qcow2) zeroClusters(off, n uint64) error {
+	return q.eachCluster(off, n, func(vc, in, m uint64) error {
 		if m < q.cs {
 			return q.writeThrough(make([]byte, m), vc<<q.cbits+in)
 		}
