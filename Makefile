@@ -84,15 +84,21 @@ run: build
 	@bash tests/guest/run.sh
 
 # snapshot-save/load of snapvmm against QEMU 7.2 on the same machine
-# (docs/benchmarks.md). BENCHFLAGS=-json for machines.
+# (docs/benchmarks.md). BENCHFLAGS=-json for machines. Without /dev/kvm
+# both run inside the nested machine (tests/nested/bench.sh).
 bench: build testguests-present
+ifeq ($(KVM_OK),yes)
 	$(GO) run ./tests/bench $(BENCHFLAGS)
+else
+	BENCHFLAGS="$(BENCHFLAGS)" $(GO) run ./tests/nested -mem 14336 -timeout 60m -script tests/nested/bench.sh \
+		-tools qemu-system-x86_64 -data /usr/share/qemu,/usr/share/seabios,/usr/lib/x86_64-linux-gnu/qemu
+endif
 
 testguests-present:
 	@test -f testdata/guests/fill || { echo "testdata/guests/fill is missing: make testguests"; exit 1; }
 
-# Every fuzz target for FUZZTIME each; crashers land in testdata/fuzz and
-# are kept there as regression inputs.
+# Every fuzz target for FUZZTIME each (crashers land in testdata/fuzz and
+# are kept there as regression inputs), then 50 kill -9 rounds.
 FUZZTIME ?= 15s
 stress:
 	@for t in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
@@ -101,6 +107,12 @@ stress:
 			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$t || exit 1; \
 		done; \
 	done
+	@echo "== kill -9 of snapvmm during 50 snapshot-save and snapshot-delete jobs"
+ifeq ($(KVM_OK),yes)
+	SNAPVMM_CRASH_ROUNDS=50 $(GO) test -count=1 -v -run '^TestKill9DuringSave$$' ./cmd/snapvmm
+else
+	SNAPVMM_CRASH_ROUNDS=50 $(GO) run ./tests/nested -pkgs cmd/snapvmm -run '^TestKill9DuringSave$$'
+endif
 
 vet:
 	$(GO) vet ./...

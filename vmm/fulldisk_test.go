@@ -29,10 +29,11 @@ func TestFullDiskHelper(t *testing.T) {
 	if img == "" {
 		t.Skip("helper process for TestSaveOnFullDisk")
 	}
-	limit, _ := strconv.ParseUint(os.Getenv(fullEnv+"_LIMIT"), 10, 64)
-	signal.Ignore(syscall.SIGXFSZ) // get EFBIG from write instead of dying
-	if err := unix.Setrlimit(unix.RLIMIT_FSIZE, &unix.Rlimit{Cur: limit, Max: limit}); err != nil {
-		t.Fatal(err)
+	if limit, _ := strconv.ParseUint(os.Getenv(fullEnv+"_LIMIT"), 10, 64); limit > 0 {
+		signal.Ignore(syscall.SIGXFSZ) // get EFBIG from write instead of dying
+		if err := unix.Setrlimit(unix.RLIMIT_FSIZE, &unix.Rlimit{Cur: limit, Max: limit}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	reg := block.NewRegistry()
 	if _, err := reg.OpenDrive(block.DriveSpec{File: img, NodeName: "disk0", If: "none"}, nil); err != nil {
@@ -51,9 +52,27 @@ func TestFullDiskHelper(t *testing.T) {
 	reg.Close()
 }
 
+// TestSaveOnFullDisk saves 8 MiB of VM state where the image cannot grow
+// by that much: under a file size limit (EFBIG), and, where this process may
+// mount, on a tmpfs that is full (ENOSPC). The job fails with the write
+// error, the VM runs on, and the image keeps its older snapshot intact.
 func TestSaveOnFullDisk(t *testing.T) {
 	testutil.NeedTool(t, "qemu-img")
-	img := filepath.Join(t.TempDir(), "d.qcow2")
+	t.Run("file-size-limit", func(t *testing.T) {
+		fullDiskCase(t, t.TempDir(), true, "file too large")
+	})
+	t.Run("enospc", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=2m"); err != nil {
+			t.Skipf("skipping: cannot mount a small tmpfs here (%v); the file-size-limit case covers the same path", err)
+		}
+		t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+		fullDiskCase(t, dir, false, "no space left on device")
+	})
+}
+
+func fullDiskCase(t *testing.T, dir string, rlimit bool, wantErr string) {
+	img := filepath.Join(dir, "d.qcow2")
 	if err := block.CreateQcow2(img, 4<<20, block.CreateOptions{ClusterSize: 4096}); err != nil {
 		t.Fatal(err)
 	}
@@ -68,13 +87,17 @@ func TestSaveOnFullDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	q.Close()
-	st, _ := os.Stat(img)
-	cmd := testutil.SelfCommand(t, "TestFullDiskHelper", fullEnv+"="+img, fmt.Sprintf("%s_LIMIT=%d", fullEnv, st.Size()+1<<20))
+	limit := int64(0)
+	if rlimit {
+		st, _ := os.Stat(img)
+		limit = st.Size() + 1<<20
+	}
+	cmd := testutil.SelfCommand(t, "TestFullDiskHelper", fullEnv+"="+img, fmt.Sprintf("%s_LIMIT=%d", fullEnv, limit))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("helper: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "JOB-ERROR=Error while writing VM state") || !strings.Contains(string(out), "file too large") {
+	if !strings.Contains(string(out), "JOB-ERROR=Error while writing VM state") || !strings.Contains(string(out), wantErr) {
 		t.Fatalf("the save did not fail with the write error:\n%s", out)
 	}
 	if !strings.Contains(string(out), "STATUS=running") {

@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"math/rand"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,9 +19,10 @@ import (
 )
 
 // TestKill9DuringSave kills snapvmm at a random moment of a snapshot-save
-// of the fill guest, several times. The image may leak clusters (or lag a
-// COPIED flag) but never loses data: the snapshot saved before keeps its
-// VM state byte for byte and still loads with --loadvm.
+// (even rounds) or a snapshot-delete (odd rounds) of the fill guest. The
+// image may leak clusters (or lag a COPIED flag) but never loses data: the
+// snapshot saved before keeps its VM state byte for byte and still loads
+// with --loadvm. SNAPVMM_CRASH_ROUNDS sets the rounds (5; make stress: 50).
 func TestKill9DuringSave(t *testing.T) {
 	testutil.OpenKVM(t)
 	testutil.NeedTool(t, "qemu-img")
@@ -48,18 +51,35 @@ func TestKill9DuringSave(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	keepVM := readVMState(t, img, "keep")
 
-	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
-	for round := 0; round < 5; round++ {
+	rounds := 5
+	if n, err := strconv.Atoi(os.Getenv("SNAPVMM_CRASH_ROUNDS")); err == nil && n > 0 {
+		rounds = n
+	}
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d, %d rounds", seed, rounds)
+	rng := rand.New(rand.NewSource(seed))
+	for round := 0; round < rounds; round++ {
 		cmd, _, sock := start("round", "--loadvm", "keep")
 		cl, err := dialRetry(sock)
 		if err != nil {
 			t.Fatal(err)
 		}
-		args := map[string]any{"job-id": "s", "tag": "tmp", "vmstate": "disk0", "devices": []any{"disk0"}}
-		if _, err := cl.Execute("snapshot-save", args); err != nil {
-			t.Fatal(err)
+		if round%2 == 0 {
+			args := map[string]any{"job-id": "s", "tag": "tmp", "vmstate": "disk0", "devices": []any{"disk0"}}
+			if _, err := cl.Execute("snapshot-save", args); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Duration(rng.Intn(400)) * time.Millisecond)
+		} else {
+			if code := run([]string{"snapshot", "save", "--qmp", sock, "--tag", "tmp"}); code != 0 {
+				t.Fatalf("round %d: save tmp: exit %d", round, code)
+			}
+			if _, err := cl.Execute("snapshot-delete", map[string]any{"job-id": "d", "tag": "tmp", "devices": []any{"disk0"}}); err != nil {
+				t.Fatal(err)
+			}
+			// A delete takes milliseconds: kill within them.
+			time.Sleep(time.Duration(rng.Intn(20000)) * time.Microsecond)
 		}
-		time.Sleep(time.Duration(rng.Intn(400)) * time.Millisecond)
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 		cl.Close()

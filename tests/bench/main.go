@@ -217,6 +217,9 @@ func runSnapvmm(dir, bin, guest string, s scenario) (figures, error) {
 		return figures{}, err
 	}
 	out, sock := filepath.Join(dir, "serial.txt"), filepath.Join(dir, "snapvmm.sock")
+	// A previous run's console and socket must not count as this one's.
+	os.Remove(out)
+	os.Remove(sock)
 	cmd := exec.Command(bin, "run", "--kernel", g, "--memory", strconv.FormatUint(s.RAM>>20, 10)+"M",
 		"--serial", "file:"+out, "--drive", "file="+img+",node-name=disk0,if=none", "--qmp", "unix:"+sock, "--log-level", "error")
 	var stderr bytes.Buffer
@@ -239,7 +242,17 @@ func runSnapvmm(dir, bin, guest string, s scenario) (figures, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return measure(sock, cmd.Process.Pid, false)
+	f, err := measure(sock, cmd.Process.Pid, false)
+	return f, withStderr(err, "snapvmm", &stderr)
+}
+
+// withStderr adds what the VMM printed to a failure, so that a table cell
+// saying "not measured" says why.
+func withStderr(err error, who string, stderr *bytes.Buffer) error {
+	if err == nil || stderr.Len() == 0 {
+		return err
+	}
+	return fmt.Errorf("%w (%s said: %s)", err, who, strings.TrimSpace(stderr.String()))
 }
 
 func exited(cmd *exec.Cmd) bool {
@@ -282,7 +295,8 @@ func runQEMU(dir, bin string, s scenario) (figures, error) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return measure(sock, cmd.Process.Pid, true)
+	f, err := measure(sock, cmd.Process.Pid, true)
+	return f, withStderr(err, "qemu", &stderr)
 }
 
 // measure runs snapshot-save then snapshot-load on a running VM.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/snapvmm/snapvmm/block"
+	"github.com/snapvmm/snapvmm/qmp"
 	"github.com/snapvmm/snapvmm/vmm"
 )
 
@@ -44,10 +45,10 @@ func TestE2EBootToShell(t *testing.T) {
 	fmt.Println("e2e: boot to shell, command and reboot all passed")
 }
 
-// TestE2ESnapshotOverMonitor drives save, load and delete of a booted
-// Linux guest through the monitor the QMP server uses (hardware KVM only:
+// TestE2ESnapshotOverQMP drives save, load and delete of a booted Linux
+// guest over a QMP socket, as a management tool would (hardware KVM only:
 // Linux user space cannot run on a PVM host).
-func TestE2ESnapshotOverMonitor(t *testing.T) {
+func TestE2ESnapshotOverQMP(t *testing.T) {
 	if requireKVM(t) {
 		t.Skip("skipping: Linux user space cannot run on this PVM host (ring 3 cannot re-enter the kernel); this test needs hardware KVM")
 	}
@@ -61,29 +62,67 @@ func TestE2ESnapshotOverMonitor(t *testing.T) {
 		t.Fatal(err)
 	}
 	vm, con := boot(t, readGuestFile(t, "bzImage"), readGuestFile(t, "initramfs.cpio"), "console=ttyS0 reboot=k panic=-1", 2)
-	mon := vmm.NewMonitor(vm, reg)
+	srv := qmp.NewServer(vmm.NewMonitor(vm, reg), "e2e", nil)
+	t.Cleanup(srv.Close)
+	sock := filepath.Join(t.TempDir(), "qmp.sock")
+	if _, err := srv.Listen("unix:" + sock); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := qmp.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
 	con.waitFor(t, vm, readyMarker, 120*time.Second)
-	job := func(id string, start func() (func(), error)) {
+	job := func(cmd string, args map[string]any) {
 		t.Helper()
-		s, err := start()
-		if err != nil {
+		id := cmd + "-job"
+		args["job-id"] = id
+		if _, err := cl.Execute(cmd, args); err != nil {
+			t.Fatalf("%s: %v", cmd, err)
+		}
+		deadline := time.Now().Add(120 * time.Second)
+		for {
+			r, err := cl.Execute("query-jobs", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			list, _ := r.([]any)
+			var j map[string]any
+			for _, x := range list {
+				if m, _ := x.(map[string]any); m["id"] == id {
+					j = m
+				}
+			}
+			if j["status"] == "concluded" {
+				if e, ok := j["error"]; ok {
+					t.Fatalf("%s: %v", cmd, e)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: job %v did not conclude", cmd, j)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if _, err := cl.Execute("job-dismiss", map[string]any{"id": id}); err != nil {
 			t.Fatal(err)
 		}
-		s()
-		if j, _ := mon.Jobs().Wait(id); j.Error != "" {
-			t.Fatalf("%s: %s", id, j.Error)
-		}
 	}
-	job("save", func() (func(), error) { return mon.SnapshotSave("save", "booted", "disk0", []string{"disk0"}) })
+	nodes := []any{"disk0"}
+	job("snapshot-save", map[string]any{"tag": "booted", "vmstate": "disk0", "devices": nodes})
 	vm.Serial.Input([]byte("echo after-save > /tmp/f && echo file-$((40+2))\n"))
 	con.waitFor(t, vm, "file-42", 30*time.Second)
-	job("load", func() (func(), error) { return mon.SnapshotLoad("load", "booted", "disk0", []string{"disk0"}) })
+	job("snapshot-load", map[string]any{"tag": "booted", "vmstate": "disk0", "devices": nodes})
+	if st, err := cl.Execute("query-status", nil); err != nil || toMap(st)["status"] != "running" {
+		t.Fatalf("status after the load: %v %v", st, err)
+	}
 	vm.Serial.Input([]byte("\ntest -e /tmp/f && echo still-$((1+1)) || echo gone-$((2+2))\n"))
 	con.waitFor(t, vm, "gone-4", 30*time.Second)
 	if strings.Contains(con.String(), "still-2") {
 		t.Fatal("the file written after the save survived the load")
 	}
-	job("del", func() (func(), error) { return mon.SnapshotDelete("del", "booted", []string{"disk0"}) })
+	job("snapshot-delete", map[string]any{"tag": "booted", "devices": nodes})
 	if _, ok := reg.List()[0].Node.(block.Snapshotter).FindSnapshot("booted"); ok {
 		t.Fatal("snapshot not deleted")
 	}
@@ -131,3 +170,5 @@ func TestE2EVirtioDisk(t *testing.T) {
 		t.Fatalf("sector 0 on the host after blkdiscard: %q %v", got, err)
 	}
 }
+
+func toMap(v any) map[string]any { m, _ := v.(map[string]any); return m }

@@ -272,6 +272,14 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; m
 for m in /mod/irqbypass.ko /mod/ccp.ko /mod/kvm.ko /mod/kvm-amd.ko; do insmod $m || echo "nested: insmod $m failed"; done
 [ -c /dev/kvm ] || { echo "nested: no /dev/kvm after loading kvm-amd"; dmesg | grep -i -E 'kvm|svm' | tail; }
 `)
+	// make bench's flags reach tests/nested/bench.sh, and SNAPVMM_*
+	// settings (SNAPVMM_CRASH_ROUNDS, say) reach the tests.
+	for _, kv := range os.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		if k == "BENCHFLAGS" || strings.HasPrefix(k, "SNAPVMM_") && k != "SNAPVMM_REQUIRE_KVM" {
+			fmt.Fprintf(&b, "export %s='%s'\n", k, strings.ReplaceAll(v, "'", `'\''`))
+		}
+	}
 	flags := fmt.Sprintf("-test.v -test.count=%d -test.timeout=20m", count)
 	if run != "" {
 		flags += " -test.run '" + strings.ReplaceAll(run, "'", `'\''`) + "'"
