@@ -29,6 +29,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/snapvmm/snapvmm/internal/cpio"
@@ -176,7 +177,7 @@ func nested(pkgs []string, run string, count int, e2e bool, memMiB int, timeout 
 				again = append(again, p)
 			}
 		}
-		fmt.Printf("nested: the emulated machine's kernel crashed (above), which is not a test result; running %s once more in a fresh machine\n", strings.Join(again, ", "))
+		fmt.Printf("nested: the emulated machine's kernel crashed or hung (above), which is not a test result; running %s once more in a fresh machine\n", strings.Join(again, ", "))
 		var more map[string]string
 		more, _, werr = boot(ctx, kdir, work, files, again, run, count, memMiB)
 		for p, rc := range more {
@@ -208,8 +209,49 @@ func boot(ctx context.Context, kdir, work string, files []file, pkgs []string, r
 	if err := cmd.Start(); err != nil {
 		return nil, false, fmt.Errorf("start qemu-system-x86_64: %w", err)
 	}
-	results, crashed := scan(out, os.Stdout)
-	return results, crashed, cmd.Wait()
+	// A machine whose kernel locks up prints nothing more (seen once: 20
+	// minutes of silence, not even the test binary's own timeout dump).
+	// After quietLimit without a line it is stopped and counts as crashed.
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	var hung atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if time.Since(time.Unix(0, last.Load())) > quietLimit {
+					fmt.Printf("nested: no console output for %v: the emulated machine hung; stopping it\n", quietLimit)
+					hung.Store(true)
+					cmd.Process.Kill()
+					return
+				}
+			}
+		}
+	}()
+	results, crashed := scan(out, lineClock{os.Stdout, &last})
+	close(done)
+	return results, crashed || hung.Load(), cmd.Wait()
+}
+
+// quietLimit is how long a machine may print nothing before it counts as
+// hung. Every test prints its === RUN line, and a test binary's own
+// timeout (20 minutes) prints a dump.
+const quietLimit = 10 * time.Minute
+
+// lineClock notes when the console last printed.
+type lineClock struct {
+	w    io.Writer
+	last *atomic.Int64
+}
+
+func (l lineClock) Write(p []byte) (int, error) {
+	l.last.Store(time.Now().UnixNano())
+	return l.w.Write(p)
 }
 
 // machineCrash matches the emulated machine's kernel reporting its own
