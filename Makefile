@@ -5,6 +5,8 @@ BUILD    := build
 BIN      := $(BUILD)/snapvmm
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 GUESTS   := hello counter timer smp fpu smpcount blk fill hostile
+# Guests that run only in ring 3 take guest_main from user.s.
+USERGUESTS := hello counter fpu blk fill hostile
 GUESTSRC := testdata/guests/src
 GUEST_CACHE ?= $(HOME)/.cache/snapvmm/guest
 
@@ -49,10 +51,12 @@ testguests:
 	@mkdir -p $(BUILD)/guests
 	as --64 -o $(BUILD)/guests/start.o $(GUESTSRC)/start.s
 	as --64 -o $(BUILD)/guests/lib.o $(GUESTSRC)/lib.s
+	as --64 -o $(BUILD)/guests/user.o $(GUESTSRC)/user.s
 	@for g in $(GUESTS); do \
+		user=; case " $(USERGUESTS) " in *" $$g "*) user=$(BUILD)/guests/user.o;; esac; \
 		as --64 -o $(BUILD)/guests/$$g.o $(GUESTSRC)/$$g.s && \
 		ld -static -nostdlib -z max-page-size=4096 --no-warn-rwx-segments -T $(GUESTSRC)/link.ld \
-			-o testdata/guests/$$g $(BUILD)/guests/start.o $(BUILD)/guests/lib.o $(BUILD)/guests/$$g.o || exit 1; \
+			-o testdata/guests/$$g $(BUILD)/guests/start.o $(BUILD)/guests/lib.o $$user $(BUILD)/guests/$$g.o || exit 1; \
 		echo "built testdata/guests/$$g"; \
 	done
 

@@ -8,16 +8,11 @@
 	.set	MMIO, 0xd0000000
 	.set	SECTOR, 16
 	.text
-	.global guest_main
-guest_main:
-	lea	user_main(%rip), %rdi
-	lea	user_stack_top(%rip), %rsi
-	jmp	enter_user
-
 fail:					# fail(msg=%rdi): print and stop
 	call	puts
 1:	jmp	1b
 
+	.global	user_main
 user_main:
 	lea	hello(%rip), %rdi
 	call	puts
@@ -183,6 +178,3 @@ status:	.space	16
 pattern:	.space	512
 	.global	readbuf
 readbuf:	.space	512
-	.align	16
-	.space	16384
-user_stack_top:

@@ -3,12 +3,7 @@
 # counter through the ELF symbol's address.
 	.code64
 	.text
-	.global guest_main
-guest_main:
-	lea	user_main(%rip), %rdi
-	lea	user_stack_top(%rip), %rsi
-	jmp	enter_user
-
+	.global	user_main
 user_main:
 	lea	msg(%rip), %rdi
 	call	puts
@@ -34,7 +29,3 @@ prefix:	.asciz	"counter "
 counter:
 	.quad	0
 
-	.bss
-	.align	16
-	.space	16384
-user_stack_top:

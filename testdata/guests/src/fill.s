@@ -5,13 +5,7 @@
 # it computes the same content for QEMU's memory file (tests/bench).
 	.code64
 	.text
-	.global guest_main
-guest_main:
-	mov	%rdx, %r14			# RAM size from the VMM
-	lea	user_main(%rip), %rdi
-	lea	user_stack_top(%rip), %rsi
-	jmp	enter_user
-
+	.global	user_main
 user_main:
 	mov	fill_params(%rip), %r12		# permille
 	mov	fill_params+8(%rip), %r13	# seed
@@ -67,7 +61,3 @@ fill_params:
 	.quad	100				# permille
 	.quad	0x1234567				# seed
 
-	.bss
-	.align	16
-	.space	16384
-user_stack_top:

@@ -4,12 +4,7 @@
 # SSE state shows up as BAD.
 	.code64
 	.text
-	.global guest_main
-guest_main:
-	lea	user_main(%rip), %rdi
-	lea	user_stack_top(%rip), %rsi
-	jmp	enter_user
-
+	.global	user_main
 user_main:
 	lea	msg(%rip), %rdi
 	call	puts
@@ -82,7 +77,3 @@ badmsg:	.asciz	"fpu BAD\n"
 	.align	8
 tmp:	.quad	0
 
-	.bss
-	.align	16
-	.space	16384
-user_stack_top:

@@ -2,12 +2,7 @@
 # i8042, so `snapvmm run` ends with status 0.
 	.code64
 	.text
-	.global guest_main
-guest_main:
-	lea	user_main(%rip), %rdi
-	lea	user_stack_top(%rip), %rsi
-	jmp	enter_user
-
+	.global	user_main
 user_main:
 	lea	msg(%rip), %rdi
 	call	puts
@@ -16,7 +11,3 @@ user_main:
 	.section .rodata
 msg:	.asciz	"Hello from the snapvmm hello guest (ring 3)\n"
 
-	.bss
-	.align	16
-	.space	16384
-user_stack_top:

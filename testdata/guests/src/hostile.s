@@ -7,12 +7,7 @@
 	.code64
 	.set	MMIO, 0xd0000000
 	.text
-	.global guest_main
-guest_main:
-	lea	user_main(%rip), %rdi
-	lea	user_stack_top(%rip), %rsi
-	jmp	enter_user
-
+	.global	user_main
 user_main:
 	# 1. UART flood, without waiting for THRE.
 	mov	$0x3f8, %dx
@@ -121,6 +116,3 @@ used:	.space	256
 hdr:	.space	16
 status:	.space	16
 scratch:	.space	512
-	.align	16
-	.space	16384
-user_stack_top:
