@@ -13,6 +13,7 @@ import (
 
 	goqmp "github.com/digitalocean/go-qemu/qmp"
 
+	"github.com/snapvmm/snapvmm/internal/testutil"
 	"github.com/snapvmm/snapvmm/vmm"
 )
 
@@ -131,7 +132,7 @@ func TestMonitorNeverBlocks(t *testing.T) {
 	if !done {
 		t.Fatal("save never concluded")
 	}
-	if worst > 100*time.Millisecond {
+	if worst > testutil.Scaled(100*time.Millisecond) {
 		t.Fatalf("a query waited %v while the save ran", worst)
 	}
 	if polls < 10 {

@@ -120,7 +120,7 @@ func TestPollingWhileTinyGuestSnapshots(t *testing.T) {
 	if st, _ := saver.Execute("query-status", nil); !strings.Contains(toString(st), "running") {
 		t.Fatalf("status after save and load: %v", st)
 	}
-	if worst > 100*time.Millisecond {
+	if worst > testutil.Scaled(100*time.Millisecond) {
 		t.Fatalf("query-status waited %v during the snapshot jobs (%d polls)", worst, polls)
 	}
 	t.Logf("%d polls, slowest %v", polls, worst)

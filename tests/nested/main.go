@@ -309,7 +309,7 @@ func initScript(pkgs []string, run string, count int) []byte {
 	var b bytes.Buffer
 	b.WriteString(`#!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin:/usr/bin HOME=/tmp TMPDIR=/tmp ` + "SNAPVMM_REQUIRE_KVM=1" + `
+export PATH=/bin:/usr/bin HOME=/tmp TMPDIR=/tmp ` + "SNAPVMM_REQUIRE_KVM=1 SNAPVMM_TIME_SCALE=10" + `
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
 for m in /mod/irqbypass.ko /mod/ccp.ko /mod/kvm.ko /mod/kvm-amd.ko; do insmod $m || echo "nested: insmod $m failed"; done
 [ -c /dev/kvm ] || { echo "nested: no /dev/kvm after loading kvm-amd"; dmesg | grep -i -E 'kvm|svm' | tail; }
