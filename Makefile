@@ -35,7 +35,7 @@ ifneq ($(KVM_OK),yes)
 ifeq ($(HAVE_QEMU),yes)
 	$(GO) run ./tests/nested -pkgs kvm,vmm,cmd/snapvmm
 	@# The monitor's 100 ms polling bound needs a second emulated CPU.
-	$(GO) run ./tests/nested -pkgs qmp -smp 2
+	$(GO) run ./tests/nested -pkgs qmp -smp 2 -pin
 else
 	@echo "make test: /dev/kvm cannot be opened and qemu-system-x86_64 is missing: the KVM tests were skipped (apt-get install qemu-system-x86 qemu-utils runs them nested)"
 endif
@@ -82,7 +82,7 @@ e2e: build guest
 ifeq ($(KVM_OK),yes)
 	$(GO) test -count=1 -tags e2e -v -timeout 15m -run 'E2E|Banner' ./tests/linux/
 else
-	$(GO) run ./tests/nested -pkgs= -e2e -smp 2
+	$(GO) run ./tests/nested -pkgs= -e2e -smp 2 -pin
 endif
 
 # Build everything and boot the Linux guest with its console here.
