@@ -21,7 +21,7 @@ import (
 // QMP client: it negotiates, runs the snapshot commands and receives the
 // job events.
 func TestGoQemuSocketMonitor(t *testing.T) {
-	e := newEnv(t, vmm.StatePaused)
+	e := newEnv(t, vmm.StatePrelaunch)
 	mon, err := goqmp.NewSocketMonitor("unix", e.sock, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +142,7 @@ func TestMonitorNeverBlocks(t *testing.T) {
 }
 
 func TestManyClientsAndGarbage(t *testing.T) {
-	e := newEnv(t, vmm.StatePaused)
+	e := newEnv(t, vmm.StatePrelaunch)
 	var wg sync.WaitGroup
 	var before runtime.MemStats
 	runtime.GC()
@@ -195,7 +195,7 @@ func TestManyClientsAndGarbage(t *testing.T) {
 }
 
 func TestOversizedInputIsRefusedAndConnectionKept(t *testing.T) {
-	e := newEnv(t, vmm.StatePaused)
+	e := newEnv(t, vmm.StatePrelaunch)
 	c := e.dial(t)
 	c.recv()
 	big := `{"execute":"x","pad":"` + strings.Repeat("a", 3*MaxInput) + "\"}\n"

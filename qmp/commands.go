@@ -2,13 +2,9 @@ package qmp
 
 import (
 	"encoding/json"
-	"fmt"
 	"sort"
-	"strings"
-	"time"
 
 	"github.com/snapvmm/snapvmm/block"
-	"github.com/snapvmm/snapvmm/vmm"
 )
 
 type argType int
@@ -164,17 +160,12 @@ func init() {
 		"system_powerdown": {run: none(func(*client, map[string]any) error {
 			return generic("system_powerdown is not supported: the machine has no ACPI power button the guest could act on")
 		})},
-		"quit": {run: func(c *client, _ map[string]any) (any, func(), error) {
-			c.s.vmm.Quit()
-			return nil, func() {
-				if c.s.onQuit != nil {
-					go c.s.onQuit()
-				}
-			}, nil
-		}},
+		// quit answers first; the server then calls VMM.Quit (SHUTDOWN
+		// follows the reply, as in QEMU) and closes the connection.
+		"quit": {run: none(func(*client, map[string]any) error { return nil })},
 		"query-jobs": {run: value(func(c *client, _ map[string]any) (any, error) {
 			out := []obj{}
-			for _, j := range c.s.vmm.Jobs().List() {
+			for _, j := range c.s.vmm.Jobs() {
 				o := obj{{"current-progress", j.CurrentProgress}, {"status", j.Status}, {"total-progress", j.TotalProgress}, {"type", j.Type}, {"id", j.ID}}
 				if j.Error != "" {
 					o = append(o, field{"error", j.Error})
@@ -184,10 +175,10 @@ func init() {
 			return out, nil
 		})},
 		"job-dismiss": {params: []param{{"id", tString, false}}, run: none(func(c *client, a map[string]any) error {
-			return c.s.vmm.Jobs().Dismiss(str(a, "id"))
+			return c.s.vmm.DismissJob(str(a, "id"))
 		})},
 		"job-cancel": {params: []param{{"id", tString, false}, {"force", tBool, true}}, run: none(func(c *client, a map[string]any) error {
-			return c.s.vmm.Jobs().Cancel(str(a, "id"))
+			return c.s.vmm.CancelJob(str(a, "id"))
 		})},
 		"snapshot-save": {params: jobParams, run: job(func(v VMM, a map[string]any) (func(), error) {
 			return v.SnapshotSave(str(a, "job-id"), str(a, "tag"), str(a, "vmstate"), strs(a, "devices"))
@@ -240,7 +231,7 @@ func snapshotJSON(s block.Snapshot) obj {
 	return o
 }
 
-func nodeJSON(n vmm.NodeInfo) obj {
+func nodeJSON(n NodeInfo) obj {
 	img := obj{}
 	if n.Snapshots != nil && len(n.Snapshots) > 0 {
 		var ss []obj
@@ -256,62 +247,4 @@ func nodeJSON(n vmm.NodeInfo) obj {
 	img = append(img, field{"format", n.Driver}, field{"dirty-flag", false})
 	return obj{{"image", img}, {"ro", n.ReadOnly}, {"node-name", n.Name}, {"backing_file_depth", 0},
 		{"drv", n.Driver}, {"encrypted", false}, {"file", n.File}}
-}
-
-// hmp runs the human monitor commands libvirt and people use for
-// snapshots; the text follows QEMU's.
-func hmp(v VMM, line string) string {
-	f := strings.Fields(line)
-	if len(f) == 0 {
-		return ""
-	}
-	errText := func(err error) string {
-		if err != nil {
-			return "Error: " + err.Error() + "\r\n"
-		}
-		return ""
-	}
-	arg := ""
-	if len(f) > 1 {
-		arg = f[1]
-	}
-	switch f[0] {
-	case "savevm":
-		return errText(v.SaveVM(arg))
-	case "loadvm":
-		if arg == "" {
-			return "Error: Parameter 'name' is missing\r\n"
-		}
-		return errText(v.LoadVM(arg))
-	case "delvm":
-		if arg == "" {
-			return "Error: Parameter 'name' is missing\r\n"
-		}
-		return errText(v.DelVM(arg))
-	case "info":
-		switch arg {
-		case "snapshots":
-			snaps := v.SnapshotsOnAllDisks()
-			if len(snaps) == 0 {
-				return "There is no snapshot available.\r\n"
-			}
-			var b strings.Builder
-			b.WriteString("List of snapshots present on all disks:\r\n" + block.SnapshotListHeader + "\r\n")
-			for _, s := range snaps {
-				b.WriteString(block.FormatSnapshotRow(s, "--", time.Local) + "\r\n")
-			}
-			return b.String()
-		case "status":
-			st, running := v.Status()
-			switch {
-			case running:
-				return "VM status: running\r\n"
-			case st == "paused":
-				return "VM status: paused\r\n"
-			}
-			return fmt.Sprintf("VM status: paused (%s)\r\n", st)
-		}
-		return fmt.Sprintf("unknown info command: '%s'\r\n", arg)
-	}
-	return fmt.Sprintf("unknown command: '%s'\r\n", f[0])
 }

@@ -13,15 +13,14 @@ import (
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/internal/fakeguest"
 	"github.com/snapvmm/snapvmm/vmm"
+	"github.com/snapvmm/snapvmm/vmm/control"
 )
-
-var _ VMM = (*vmm.Monitor)(nil)
 
 // env is a monitor over a fake guest with two qcow2 nodes and a raw node.
 type env struct {
 	dir   string
 	guest *fakeguest.Guest
-	mon   *vmm.Monitor
+	mon   *control.Monitor
 	srv   *Server
 	sock  string
 }
@@ -46,8 +45,8 @@ func newEnv(t *testing.T, state vmm.State) *env {
 		}
 	}
 	g := fakeguest.New(state, []byte("guest-ram"))
-	e := &env{dir: dir, guest: g, mon: vmm.NewMonitor(g, reg)}
-	e.srv = NewServer(e.mon, "test", nil)
+	e := &env{dir: dir, guest: g, mon: control.New(g, reg)}
+	e.srv = NewServer(NewMonitor(e.mon), "test", nil)
 	e.sock = filepath.Join(dir, "qmp.sock")
 	if _, err := e.srv.Listen("unix:" + e.sock); err != nil {
 		t.Fatal(err)
@@ -151,7 +150,7 @@ func TestGoldenTranscripts(t *testing.T) {
 	}
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
-			state := vmm.StatePaused
+			state := vmm.StatePrelaunch
 			if strings.Contains(f, "running") {
 				state = vmm.StateRunning
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/internal/testutil"
 	"github.com/snapvmm/snapvmm/vmm"
+	"github.com/snapvmm/snapvmm/vmm/control"
 )
 
 // TestPollingWhileTinyGuestSnapshots runs the counter guest on KVM; one
@@ -43,7 +44,7 @@ func TestPollingWhileTinyGuestSnapshots(t *testing.T) {
 	if err := vm.Start(false); err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(vmm.NewMonitor(vm, reg), "test", nil)
+	srv := NewServer(NewMonitor(control.New(vm, reg)), "test", nil)
 	defer srv.Close()
 	sock := filepath.Join(t.TempDir(), "q.sock")
 	if _, err := srv.Listen("unix:" + sock); err != nil {

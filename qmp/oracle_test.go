@@ -16,6 +16,7 @@ import (
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/internal/fakeguest"
 	"github.com/snapvmm/snapvmm/vmm"
+	"github.com/snapvmm/snapvmm/vmm/control"
 )
 
 // qmpClient is a minimal QMP client for driving two servers the same way.
@@ -228,8 +229,8 @@ func TestOracleAgainstQEMU(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mon := vmm.NewMonitor(fakeguest.New(vmm.StatePaused, []byte("state")), reg)
-	srv := NewServer(mon, "test", nil)
+	mon := control.New(fakeguest.New(vmm.StatePrelaunch, []byte("state")), reg)
+	srv := NewServer(NewMonitor(mon), "test", nil)
 	defer srv.Close()
 	ssock := filepath.Join(sdir, "s.sock")
 	if _, err := srv.Listen("unix:" + ssock); err != nil {

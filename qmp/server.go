@@ -14,30 +14,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-
-	"github.com/snapvmm/snapvmm/block"
-	"github.com/snapvmm/snapvmm/vmm"
+	"time"
 )
-
-// VMM is everything the QMP server asks of the virtual machine monitor.
-// vmm.Monitor implements it.
-type VMM interface {
-	Status() (status string, running bool)
-	StopVM() error
-	Cont() error
-	SystemReset() error
-	Quit()
-	Jobs() *vmm.Jobs
-	SnapshotSave(jobID, tag, vmstate string, devices []string) (start func(), err error)
-	SnapshotLoad(jobID, tag, vmstate string, devices []string) (start func(), err error)
-	SnapshotDelete(jobID, tag string, devices []string) (start func(), err error)
-	BlockNodes() []vmm.NodeInfo
-	SaveVM(tag string) error
-	LoadVM(tag string) error
-	DelVM(tag string) error
-	SnapshotsOnAllDisks() []block.Snapshot
-	Subscribe(func(vmm.Event)) (unsubscribe func())
-}
 
 // Limits protecting the server from clients.
 const (
@@ -46,6 +24,9 @@ const (
 	// outQueue bounds the messages waiting for a slow client; a client
 	// that falls this far behind is disconnected rather than buffered.
 	outQueue = 4096
+	// flushTimeout bounds how long Close waits for clients to take what
+	// is queued for them (a quit's reply and SHUTDOWN).
+	flushTimeout = 2 * time.Second
 )
 
 // QEMUVersion is the QEMU version snapvmm's QMP dialect follows.
@@ -66,7 +47,8 @@ type Server struct {
 }
 
 // NewServer makes a server for v; version is snapvmm's, reported as the
-// package string. onQuit (may be nil) runs after a quit command's reply.
+// package string. onQuit (may be nil) runs once a quit command's reply and
+// the SHUTDOWN event have been written to the client that asked.
 func NewServer(v VMM, version string, onQuit func()) *Server {
 	s := &Server{vmm: v, version: version, onQuit: onQuit, clients: map[*client]struct{}{}}
 	s.unsub = v.Subscribe(s.broadcast)
@@ -153,7 +135,7 @@ func (s *Server) Serve(conn net.Conn) {
 }
 
 // broadcast sends an event to every negotiated client.
-func (s *Server) broadcast(e vmm.Event) {
+func (s *Server) broadcast(e Event) {
 	msg := obj{{"timestamp", obj{{"seconds", e.Time.Unix()}, {"microseconds", e.Time.Nanosecond() / 1000}}}, {"event", e.Name}}
 	if e.Data != nil {
 		msg = append(msg, field{"data", eventData(e)})
@@ -172,7 +154,7 @@ func (s *Server) broadcast(e vmm.Event) {
 }
 
 // eventData orders known event members as QEMU does.
-func eventData(e vmm.Event) any {
+func eventData(e Event) any {
 	switch e.Name {
 	case "JOB_STATUS_CHANGE":
 		return obj{{"status", e.Data["status"]}, {"id", e.Data["id"]}}
@@ -182,8 +164,11 @@ func eventData(e vmm.Event) any {
 	return e.Data
 }
 
-// Close stops listening, disconnects clients and waits for their
-// goroutines.
+// Close stops listening (a Unix listener removes its socket file), lets
+// every client's writer send what is already queued for it, for at most
+// flushTimeout, then disconnects the clients and waits for their
+// goroutines. So a process that exits after Close has delivered the reply
+// to quit and the SHUTDOWN event.
 func (s *Server) Close() {
 	s.mu.Lock()
 	if s.closed {
@@ -193,14 +178,26 @@ func (s *Server) Close() {
 	s.closed = true
 	for _, l := range s.listeners {
 		l.Close()
-		if ul, ok := l.(*net.UnixListener); ok {
-			_ = ul // net.UnixListener removes its socket file on Close
-		}
 	}
+	clients := make([]*client, 0, len(s.clients))
 	for c := range s.clients {
-		c.close()
+		clients = append(clients, c)
+		c.send(nil) // close after what is queued
 	}
 	s.mu.Unlock()
+	timer := time.NewTimer(flushTimeout)
+	defer timer.Stop()
+	expired := false
+	for _, c := range clients {
+		if !expired {
+			select {
+			case <-c.gone:
+			case <-timer.C:
+				expired = true
+			}
+		}
+		c.close()
+	}
 	s.unsub()
 	s.wg.Wait()
 }
@@ -275,9 +272,14 @@ func (c *client) reader() {
 				continue
 			}
 			if quit := c.handle(fr.value); quit {
-				// Close once the reply is written, as QEMU does.
+				// QEMU answers quit, then reports SHUTDOWN (queued
+				// behind the reply by Quit's broadcast), then closes.
+				c.s.vmm.Quit()
 				c.send(nil)
 				<-c.gone
+				if c.s.onQuit != nil {
+					c.s.onQuit()
+				}
 				return
 			}
 		}

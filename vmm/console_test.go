@@ -48,12 +48,3 @@ func TestCPUIDTailoring(t *testing.T) {
 		t.Fatalf("KVM signature leaf missing: %+v", last)
 	}
 }
-
-func TestStateMachine(t *testing.T) {
-	if !canTransition(StateCreated, StateRunning) || !canTransition(StatePaused, StateRunning) || !canTransition(StateRunning, StatePaused) {
-		t.Fatal("legal transition refused")
-	}
-	if canTransition(StateShutdown, StateRunning) || canTransition(StateRunning, StateCreated) {
-		t.Fatal("illegal transition allowed")
-	}
-}

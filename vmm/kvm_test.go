@@ -197,7 +197,7 @@ func TestStartPaused(t *testing.T) {
 	if err := vm.Start(true); err != nil {
 		t.Fatal(err)
 	}
-	if vm.State() != StatePaused {
+	if vm.State() != StatePrelaunch {
 		t.Fatalf("state %v", vm.State())
 	}
 	time.Sleep(200 * time.Millisecond)

@@ -18,14 +18,14 @@ type vcpuWork struct {
 	done chan error
 }
 
-// onEachVCPU runs f on every vCPU's own goroutine and waits for all. The
-// VM must be paused (every vCPU parked).
+// onEachVCPU runs f on every vCPU's own goroutine and waits for all. Every
+// vCPU must be parked (a stopped run state, or a reset in progress).
 func (vm *VM) onEachVCPU(f func(*kvm.VCPU) error) error {
 	vm.mu.Lock()
-	if vm.state != StatePaused || vm.parked != len(vm.vcpus) {
+	if vm.req != reqPause || vm.parked != len(vm.vcpus) {
 		s := vm.state
 		vm.mu.Unlock()
-		return fmt.Errorf("VM is %s, not paused", s)
+		return fmt.Errorf("VM is %s, its vCPUs are not parked", s)
 	}
 	dones := make([]chan error, len(vm.vcpus))
 	for i, c := range vm.vcpus {

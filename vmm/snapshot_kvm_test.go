@@ -260,8 +260,9 @@ func TestResetReturnsToPowerOn(t *testing.T) {
 	if err := vm.Reset(); err != nil {
 		t.Fatal(err)
 	}
-	if vm.State() != StatePaused {
-		t.Fatalf("a paused VM is %v after reset", vm.State())
+	// As in QEMU, a reset of a stopped VM returns it to prelaunch.
+	if vm.State() != StatePrelaunch {
+		t.Fatalf("a paused VM is %v after reset, want prelaunch", vm.State())
 	}
 	if c := readU64(t, vm, addr); c != 0 {
 		t.Fatalf("counter %d after reset, want 0", c)

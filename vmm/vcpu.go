@@ -23,12 +23,11 @@ func (vm *VM) runVCPU(c *kvm.VCPU, ready chan<- error) {
 		// The state before the first KVM_RUN is what a reset restores;
 		// without it only resets are refused.
 		st, serr := c.SaveState(vm.caps, vm.msrIndexes)
-		vm.mu.Lock()
-		if serr != nil && vm.bootErr == nil {
-			vm.bootErr = serr
+		if serr != nil {
 			vm.log.Warnf("system_reset will be unavailable: %v", serr)
 		}
-		vm.bootCPU[c.ID()] = st
+		vm.mu.Lock()
+		vm.powerOn.recordCPU(c.ID(), st, serr)
 		vm.mu.Unlock()
 	}
 	if err != nil {
@@ -40,7 +39,11 @@ func (vm *VM) runVCPU(c *kvm.VCPU, ready chan<- error) {
 	for {
 		switch vm.nextRequest(c) {
 		case reqStop:
-			vm.completePendingExit(c)
+			// The VM ends either way; a failure here only means the last
+			// I/O exit stays incomplete, which nobody will observe.
+			if err := vm.completePendingExit(c); err != nil {
+				vm.log.Warnf("vCPU %d: completing the last exit before stopping: %v", c.ID(), err)
+			}
 			return
 		case reqPause:
 			if err := vm.completePendingExit(c); err != nil {
@@ -124,7 +127,7 @@ func (vm *VM) park(c *kvm.VCPU) {
 
 func (vm *VM) vcpuExited() {
 	vm.mu.Lock()
-	defer vm.mu.Unlock()
+	defer vm.unlockAndNotify()
 	vm.running--
 	if vm.exit.Kind == ExitNone {
 		vm.exit = Exit{Kind: ExitError, Err: errors.New("vCPU ended without a reason")}
@@ -132,8 +135,7 @@ func (vm *VM) vcpuExited() {
 	vm.req = reqStop
 	_ = vm.kickAll() // the others must leave too; errors were logged by requestExit
 	if vm.running == 0 {
-		vm.setState(StateShutdown)
-		close(vm.done)
+		vm.shutdownLocked()
 	}
 	vm.cond.Broadcast()
 }
@@ -173,8 +175,11 @@ func (vm *VM) handleExit(c *kvm.VCPU, reason uint32) bool {
 			vm.requestExit(ExitPowerOff, nil)
 		case kvm.SystemEventReset:
 			vm.requestExit(ExitReset, nil)
-		default:
+		case kvm.SystemEventCrash:
+			vm.guestPanicked()
 			vm.requestExit(ExitError, fmt.Errorf("vCPU %d: guest crashed (system event %d)\n%s", c.ID(), c.SystemEvent(), vm.dump(c)))
+		default:
+			vm.requestExit(ExitError, fmt.Errorf("vCPU %d: unknown system event %d\n%s", c.ID(), c.SystemEvent(), vm.dump(c)))
 		}
 		return true
 	case kvm.ExitShutdown:

@@ -48,8 +48,13 @@ const (
 	ExitError             // triple fault, KVM error, or device failure
 )
 
+var exitKindNames = [...]string{"none", "reset", "poweroff", "quit", "error"}
+
 func (k ExitKind) String() string {
-	return [...]string{"none", "reset", "poweroff", "quit", "error"}[k]
+	if k >= 0 && int(k) < len(exitKindNames) {
+		return exitKindNames[k]
+	}
+	return fmt.Sprintf("exit(%d)", int(k))
 }
 
 // Exit is the outcome of a VM's run.
@@ -105,58 +110,30 @@ type VM struct {
 	work        map[int][]vcpuWork
 	blks        []*virtio.Block
 
-	// The power-on state, for Reset: vCPU and VM-wide KVM state taken
-	// before the first KVM_RUN, device states taken at creation.
-	bootCPU  []*kvm.VCPUState
-	bootVM   *kvm.VMState
-	bootDevs map[string][]byte
-	bootErr  error // why Reset is unavailable, if capturing failed
-	params   boot.Params
+	// powerOn is what Reset returns to; see reset.go.
+	powerOn powerOnState
+	params  boot.Params
 
 	mu      sync.Mutex
 	cond    *sync.Cond
-	state   State
+	state   State // written only by transition
+	started bool  // the vCPU goroutines were started
 	req     request
 	parked  int // vCPUs parked for the current pause
 	running int // vCPU goroutines alive
 	exit    Exit
 	done    chan struct{}
 	closed  bool
+	notes   []stateNote // changes not yet told to listeners
+
+	// notifyMu orders the delivery of state changes to listeners.
+	notifyMu  sync.Mutex
+	listeners []func(from, to State)
 
 	// vmClock is the time the VM has spent running, like QEMU's
-	// QEMU_CLOCK_VIRTUAL: it stops while the VM is paused.
+	// QEMU_CLOCK_VIRTUAL: it stops while the VM does not run.
 	vmClock  time.Duration
 	runSince time.Time
-}
-
-// setState records a transition and keeps the VM clock; vm.mu is held.
-func (vm *VM) setState(s State) {
-	now := time.Now()
-	if vm.state == StateRunning && s != StateRunning {
-		vm.vmClock += now.Sub(vm.runSince)
-	}
-	if s == StateRunning && vm.state != StateRunning {
-		vm.runSince = now
-	}
-	vm.state = s
-}
-
-// VMClockNsec is the VM's running time in nanoseconds.
-func (vm *VM) VMClockNsec() uint64 {
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	d := vm.vmClock
-	if vm.state == StateRunning {
-		d += time.Since(vm.runSince)
-	}
-	return uint64(d)
-}
-
-// ExitStatus returns why the VM ended (ExitNone while it runs).
-func (vm *VM) ExitStatus() Exit {
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	return vm.exit
 }
 
 // ErrBadConfig marks configuration errors a user can fix (bad size, too
@@ -164,7 +141,8 @@ func (vm *VM) ExitStatus() Exit {
 var ErrBadConfig = errors.New("invalid configuration")
 
 // New builds a VM: RAM, in-kernel irqchip and PIT, devices, vCPUs with
-// their CPUID, and the loaded kernel. The VM is in StateCreated.
+// their CPUID, and the loaded kernel. The VM is in StatePrelaunch, not
+// started.
 func New(cfg Config) (vm *VM, err error) {
 	if cfg.Log == nil {
 		cfg.Log = logrus.NewEntry(logrus.StandardLogger())
@@ -223,72 +201,8 @@ func New(cfg Config) (vm *VM, err error) {
 	if err = vm.createVCPUs(); err != nil {
 		return nil, err
 	}
-	if err := vm.capturePowerOn(); err != nil {
-		// Only system_reset needs it: run the VM, refuse resets.
-		vm.bootErr = err
-		vm.log.Warnf("system_reset will be unavailable: capture power-on state: %v", err)
-	}
+	vm.capturePowerOn()
 	return vm, nil
-}
-
-// capturePowerOn records the VM-wide and device state a reset returns to.
-func (vm *VM) capturePowerOn() error {
-	var err error
-	if vm.bootVM, err = vm.kvm.SaveState(); err != nil {
-		return err
-	}
-	vm.bootCPU = make([]*kvm.VCPUState, len(vm.vcpus))
-	vm.bootDevs = map[string][]byte{}
-	for _, d := range vm.devs {
-		st, ok := d.Dev.(devices.Stateful)
-		if !ok {
-			return fmt.Errorf("device %s cannot be reset: it keeps no state", d.ID)
-		}
-		b, err := st.SaveState()
-		if err != nil {
-			return fmt.Errorf("device %s: %w", d.ID, err)
-		}
-		vm.bootDevs[d.ID] = b
-	}
-	for _, b := range vm.blks {
-		b.Resume() // SaveState left them drained
-	}
-	return nil
-}
-
-// Reset puts the VM back in its power-on state, like pressing reset: RAM is
-// discarded and the kernel loaded again, every vCPU, the irqchip, PIT and
-// clock and every device return to how they were before the first
-// instruction ran. The run state (running or paused) is kept.
-func (vm *VM) Reset() error {
-	vm.mu.Lock()
-	berr := vm.bootErr
-	vm.mu.Unlock()
-	if berr != nil {
-		return fmt.Errorf("reset VM: the power-on state could not be captured: %w", berr)
-	}
-	wasRunning := vm.State() == StateRunning
-	if err := vm.Pause(); err != nil {
-		return fmt.Errorf("reset VM: %w", err)
-	}
-	if err := vm.mem.Discard(); err != nil {
-		return fmt.Errorf("reset VM: %w", err)
-	}
-	if _, err := boot.Load(vm.Mem(), vm.params); err != nil {
-		return fmt.Errorf("reset VM: reload kernel: %w", err)
-	}
-	if err := vm.RestoreCPUs(vm.bootCPU, vm.bootVM); err != nil {
-		return fmt.Errorf("reset VM: %w", err)
-	}
-	for _, d := range vm.devs {
-		if err := d.Dev.(devices.Stateful).RestoreState(d.Dev.(devices.Stateful).StateVersion(), vm.bootDevs[d.ID]); err != nil {
-			return fmt.Errorf("reset VM: device %s: %w", d.ID, err)
-		}
-	}
-	if wasRunning {
-		return vm.Resume()
-	}
-	return nil
 }
 
 func (vm *VM) mapMemory() error {
@@ -473,188 +387,3 @@ func (vm *VM) PVM() bool { return vm.sys.PVM() }
 // Entry is what the loader found and how the VM is entered.
 func (vm *VM) Entry() boot.Entry { return *vm.entry }
 
-// State returns the current life-cycle state.
-func (vm *VM) State() State {
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	return vm.state
-}
-
-// Start sets the vCPUs' boot registers and starts one goroutine per vCPU.
-// With paused, the vCPUs park before their first KVM_RUN (QEMU's -S) and
-// the VM is in StatePaused until Resume.
-func (vm *VM) Start(paused bool) error {
-	vm.mu.Lock()
-	if vm.state != StateCreated {
-		s := vm.state
-		vm.mu.Unlock()
-		return fmt.Errorf("start VM: VM is %s, not created", s)
-	}
-	defer vm.mu.Unlock()
-	to := StateRunning
-	if paused {
-		to = StatePaused
-		vm.req = reqPause
-	}
-	vm.setState(to)
-	vm.running = len(vm.vcpus)
-	ready := make(chan error, len(vm.vcpus))
-	for _, c := range vm.vcpus {
-		go vm.runVCPU(c, ready)
-	}
-	vm.mu.Unlock()
-	var setupErr error
-	for range vm.vcpus {
-		if err := <-ready; err != nil && setupErr == nil {
-			setupErr = err
-		}
-	}
-	vm.mu.Lock()
-	if setupErr != nil {
-		return fmt.Errorf("start VM: %w", setupErr)
-	}
-	if paused {
-		for vm.parked < len(vm.vcpus) && vm.state != StateShutdown {
-			vm.cond.Wait()
-		}
-	}
-	return nil
-}
-
-// Pause stops every vCPU outside KVM_RUN, with any pending I/O exit
-// completed, and returns once all are parked. VM-wide state (irqchip, PIT,
-// clock) may be read only after Pause returns.
-func (vm *VM) Pause() error {
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	switch vm.state {
-	case StatePaused:
-		return nil
-	case StateRunning:
-	default:
-		return fmt.Errorf("pause VM: VM is %s", vm.state)
-	}
-	vm.req = reqPause
-	if err := vm.kickAll(); err != nil {
-		return err
-	}
-	for vm.parked < vm.running && vm.state != StateShutdown {
-		vm.cond.Wait()
-	}
-	if vm.state == StateShutdown {
-		return fmt.Errorf("pause VM: VM shut down (%s)", vm.exit.Kind)
-	}
-	// Devices quiesce after the vCPUs: no request is in flight while the
-	// VM is paused, so RAM and disks hold still for a snapshot.
-	for _, b := range vm.blks {
-		b.Drain()
-	}
-	vm.setState(StatePaused)
-	return nil
-}
-
-// Resume lets parked vCPUs enter KVM_RUN again.
-func (vm *VM) Resume() error {
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	if !canTransition(vm.state, StateRunning) || vm.state == StateCreated {
-		return fmt.Errorf("resume VM: VM is %s, not paused", vm.state)
-	}
-	for _, b := range vm.blks {
-		b.Resume()
-	}
-	vm.req = reqNone
-	vm.setState(StateRunning)
-	vm.cond.Broadcast()
-	return nil
-}
-
-func (vm *VM) kickAll() error {
-	var errs []error
-	for _, c := range vm.vcpus {
-		if err := c.Kick(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// Stop asks the VM to shut down (ExitQuit) and waits for the vCPUs to end.
-func (vm *VM) Stop() Exit {
-	vm.requestExit(ExitQuit, nil)
-	return vm.Wait()
-}
-
-// requestExit records the first reason the VM ends and tells every vCPU.
-func (vm *VM) requestExit(kind ExitKind, err error) {
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	if vm.exit.Kind == ExitNone {
-		vm.exit = Exit{Kind: kind, Err: err}
-	}
-	if vm.state == StateCreated {
-		vm.setState(StateShutdown)
-		close(vm.done)
-		return
-	}
-	vm.req = reqStop
-	if kerr := vm.kickAll(); kerr != nil {
-		vm.log.Errorf("stop VM: %v", kerr)
-	}
-	vm.cond.Broadcast()
-}
-
-// Done is closed when the VM has shut down and every vCPU goroutine ended.
-func (vm *VM) Done() <-chan struct{} { return vm.done }
-
-// Wait blocks until the VM shuts down and returns why.
-func (vm *VM) Wait() Exit {
-	<-vm.done
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	return vm.exit
-}
-
-// WaitTimeout is Wait with a limit, for tests and shutdown paths.
-func (vm *VM) WaitTimeout(d time.Duration) (Exit, bool) {
-	select {
-	case <-vm.done:
-		return vm.Wait(), true
-	case <-time.After(d):
-		return Exit{}, false
-	}
-}
-
-// Close stops the VM if it runs and releases vCPUs, memory and KVM fds.
-func (vm *VM) Close() error {
-	vm.mu.Lock()
-	started := vm.state != StateCreated && vm.state != StateShutdown
-	if vm.closed {
-		vm.mu.Unlock()
-		return nil
-	}
-	vm.mu.Unlock()
-	if started {
-		vm.Stop()
-	}
-	vm.mu.Lock()
-	vm.closed = true
-	vm.mu.Unlock()
-	var errs []error
-	for _, b := range vm.blks {
-		b.Close()
-	}
-	for _, c := range vm.vcpus {
-		errs = append(errs, c.Close())
-	}
-	if vm.kvm != nil {
-		errs = append(errs, vm.kvm.Close())
-	}
-	if vm.mem != nil {
-		errs = append(errs, vm.mem.Close())
-	}
-	if vm.sys != nil {
-		errs = append(errs, vm.sys.Close())
-	}
-	return errors.Join(errs...)
-}

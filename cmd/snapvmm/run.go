@@ -15,6 +15,7 @@ import (
 	"github.com/snapvmm/snapvmm/kvm"
 	"github.com/snapvmm/snapvmm/qmp"
 	"github.com/snapvmm/snapvmm/vmm"
+	"github.com/snapvmm/snapvmm/vmm/control"
 	"github.com/snapvmm/snapvmm/vmm/boot"
 	"github.com/spf13/cobra"
 )
@@ -184,19 +185,21 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 		go forwardInput(os.Stdin, vm, log)
 	}
 
-	mon := vmm.NewMonitor(vm, reg)
-	srv := qmp.NewServer(mon, version, nil)
+	mon := control.New(vm, reg)
+	srv := qmp.NewServer(qmp.NewMonitor(mon), version, nil)
 	defer srv.Close()
+	// The VM starts before any monitor listens, so that a client's first
+	// command (a cont the moment the socket appears) finds a VM to act on.
+	startPaused := o.paused || o.loadvm != ""
+	if err := vm.Start(startPaused); err != nil {
+		return err
+	}
 	for _, q := range o.qmps {
 		addr, err := srv.Listen(q)
 		if err != nil {
 			return usageError{err}
 		}
 		log.Infof("QMP monitor on %s %s", addr.Network(), addr)
-	}
-	startPaused := o.paused || o.loadvm != ""
-	if err := vm.Start(startPaused); err != nil {
-		return err
 	}
 	if o.loadvm != "" {
 		if err := mon.LoadVM(o.loadvm); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/snapvmm/snapvmm/internal/fakeguest"
 	"github.com/snapvmm/snapvmm/qmp"
 	"github.com/snapvmm/snapvmm/vmm"
+	"github.com/snapvmm/snapvmm/vmm/control"
 )
 
 // snapshotCycle runs save, list, load, delete through the CLI client.
@@ -55,7 +56,7 @@ func TestSnapshotCLIAgainstSnapvmm(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := fakeguest.New(vmm.StateRunning, []byte("state"))
-	srv := qmp.NewServer(vmm.NewMonitor(g, reg), "test", nil)
+	srv := qmp.NewServer(qmp.NewMonitor(control.New(g, reg)), "test", nil)
 	defer srv.Close()
 	sock := filepath.Join(dir, "q.sock")
 	if _, err := srv.Listen("unix:" + sock); err != nil {

@@ -18,74 +18,101 @@ import (
 // Magic starts every stream the fake writes.
 const Magic = "FAKEGUEST"
 
-// Guest implements vmm.Guest.
+// Guest implements control.Guest.
 type Guest struct {
-	mu    sync.Mutex
-	state vmm.State
-	exit  vmm.Exit
-	done  chan struct{}
-	clock uint64
+	mu        sync.Mutex
+	state     vmm.State
+	exit      vmm.Exit
+	done      chan struct{}
+	clock     uint64
+	listeners []func(from, to vmm.State)
 	// Payload is what SaveState writes after the magic; LoadState puts the
 	// loaded payload in Loaded.
 	Payload []byte
 	Loaded  []byte
 	Saves   int
 	Resets  int
+	// BeforeSave, when set, runs at the start of SaveState (tests hold a
+	// save there to force an interleaving).
+	BeforeSave func()
 }
 
-// New makes a fake guest in the given state (StatePaused is QEMU's -S).
+// New makes a fake guest in the given state (StatePrelaunch is QEMU's -S).
 func New(s vmm.State, payload []byte) *Guest {
 	return &Guest{state: s, done: make(chan struct{}), Payload: payload}
 }
 
-// State implements vmm.Guest.
+// State implements control.Guest.
 func (g *Guest) State() vmm.State { g.mu.Lock(); defer g.mu.Unlock(); return g.state }
 
-// Pause implements vmm.Guest.
-func (g *Guest) Pause() error {
+// OnStateChange implements control.Guest.
+func (g *Guest) OnStateChange(f func(from, to vmm.State)) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.state == vmm.StateShutdown {
-		return errors.New("pause: VM is shut down")
-	}
-	g.state = vmm.StatePaused
-	return nil
+	g.listeners = append(g.listeners, f)
 }
 
-// Resume implements vmm.Guest.
-func (g *Guest) Resume() error {
+// transition applies the VM's transition table, as the real VM does; g.mu
+// is held, and the listeners run after it is released.
+func (g *Guest) transition(to vmm.State) (notify func(), err error) {
+	from := g.state
+	if from == to {
+		return func() {}, nil
+	}
+	if err := vmm.ValidTransition(from, to); err != nil {
+		return func() {}, err
+	}
+	g.state = to
+	ls := append([]func(from, to vmm.State){}, g.listeners...)
+	return func() {
+		for _, f := range ls {
+			f(from, to)
+		}
+	}, nil
+}
+
+// SetState implements control.Guest.
+func (g *Guest) SetState(to vmm.State) error {
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.state == vmm.StateShutdown {
-		return errors.New("resume: VM is shut down")
+	if to == vmm.StateShutdown {
+		g.mu.Unlock()
+		return errors.New("fake guest: shutdown is reached by Stop")
 	}
-	g.state = vmm.StateRunning
-	return nil
+	notify, err := g.transition(to)
+	g.mu.Unlock()
+	notify()
+	return err
 }
 
-// Stop implements vmm.Guest.
+// Stop implements control.Guest.
 func (g *Guest) Stop() vmm.Exit {
 	g.mu.Lock()
-	defer g.mu.Unlock()
+	notify := func() {}
 	if g.state != vmm.StateShutdown {
-		g.state = vmm.StateShutdown
+		notify, _ = g.transition(vmm.StateShutdown)
 		g.exit = vmm.Exit{Kind: vmm.ExitQuit}
 		close(g.done)
 	}
-	return g.exit
+	exit := g.exit
+	g.mu.Unlock()
+	notify()
+	return exit
 }
 
-// Done implements vmm.Guest.
+// Done implements control.Guest.
 func (g *Guest) Done() <-chan struct{} { return g.done }
 
-// ExitStatus implements vmm.Guest.
+// ExitStatus implements control.Guest.
 func (g *Guest) ExitStatus() vmm.Exit { g.mu.Lock(); defer g.mu.Unlock(); return g.exit }
 
-// VMClockNsec implements vmm.Guest.
+// VMClockNsec implements control.Guest.
 func (g *Guest) VMClockNsec() uint64 { return g.clock }
 
-// SaveState implements vmm.Guest.
+// SaveState implements control.Guest.
 func (g *Guest) SaveState(w io.Writer, p snapshot.Progress) (uint64, error) {
+	if g.BeforeSave != nil {
+		g.BeforeSave()
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.state == vmm.StateRunning {
@@ -123,24 +150,32 @@ func read(r io.ReaderAt, size uint64) ([]byte, error) {
 	return b[len(Magic):], nil
 }
 
-// VerifyState implements vmm.Guest.
+// VerifyState implements control.Guest.
 func (g *Guest) VerifyState(r io.ReaderAt, size uint64) error {
 	_, err := read(r, size)
 	return err
 }
 
-// Reset implements vmm.Guest; it counts resets.
+// Reset implements control.Guest; it counts resets. Like the VM, a
+// stopped guest goes back to prelaunch.
 func (g *Guest) Reset() error {
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	if g.state == vmm.StateShutdown {
+		g.mu.Unlock()
 		return errors.New("reset: VM is shut down")
 	}
 	g.Resets++
-	return nil
+	notify := func() {}
+	var err error
+	if !g.state.Running() {
+		notify, err = g.transition(vmm.StatePrelaunch)
+	}
+	g.mu.Unlock()
+	notify()
+	return err
 }
 
-// LoadState implements vmm.Guest.
+// LoadState implements control.Guest.
 func (g *Guest) LoadState(r io.ReaderAt, size uint64) error {
 	b, err := read(r, size)
 	if err != nil {

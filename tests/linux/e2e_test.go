@@ -12,6 +12,7 @@ import (
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/qmp"
 	"github.com/snapvmm/snapvmm/vmm"
+	"github.com/snapvmm/snapvmm/vmm/control"
 )
 
 // ReadyMarker is what the initramfs /init prints (tests/guest/mkinitramfs).
@@ -62,7 +63,7 @@ func TestE2ESnapshotOverQMP(t *testing.T) {
 		t.Fatal(err)
 	}
 	vm, con := boot(t, readGuestFile(t, "bzImage"), readGuestFile(t, "initramfs.cpio"), "console=ttyS0 reboot=k panic=-1", 2)
-	srv := qmp.NewServer(vmm.NewMonitor(vm, reg), "e2e", nil)
+	srv := qmp.NewServer(qmp.NewMonitor(control.New(vm, reg)), "e2e", nil)
 	t.Cleanup(srv.Close)
 	sock := filepath.Join(t.TempDir(), "qmp.sock")
 	if _, err := srv.Listen("unix:" + sock); err != nil {

@@ -1,4 +1,4 @@
-package vmm_test
+package control_test
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"github.com/snapvmm/snapvmm/internal/fakeguest"
 	"github.com/snapvmm/snapvmm/internal/testutil"
 	"github.com/snapvmm/snapvmm/vmm"
+	"github.com/snapvmm/snapvmm/vmm/control"
 )
 
 const fullEnv = "SNAPVMM_FULLDISK_IMAGE"
@@ -40,15 +41,14 @@ func TestFullDiskHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := fakeguest.New(vmm.StateRunning, bytes.Repeat([]byte{0xab}, 8<<20))
-	mon := vmm.NewMonitor(g, reg)
+	mon := control.New(g, reg)
 	start, err := mon.SnapshotSave("big", "big", "disk0", []string{"disk0"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	start()
 	j, _ := mon.Jobs().Wait("big")
-	st, _ := mon.Status()
-	fmt.Printf("JOB-ERROR=%s\nSTATUS=%s\n", j.Error, st)
+	fmt.Printf("JOB-KIND=%d\nJOB-ERROR=%v\nSTATUS=%s\n", control.KindOf(j.Err), j.Err, mon.Status())
 	reg.Close()
 }
 
@@ -97,7 +97,7 @@ func fullDiskCase(t *testing.T, dir string, rlimit bool, wantErr string) {
 	if err != nil {
 		t.Fatalf("helper: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "JOB-ERROR=Error while writing VM state") || !strings.Contains(string(out), wantErr) {
+	if !strings.Contains(string(out), fmt.Sprintf("JOB-KIND=%d\n", control.KindSaveState)) || !strings.Contains(string(out), wantErr) {
 		t.Fatalf("the save did not fail with the write error:\n%s", out)
 	}
 	if !strings.Contains(string(out), "STATUS=running") {

@@ -1,37 +1,43 @@
-package vmm
+package control
 
 import (
-	"fmt"
 	"sync"
 	"time"
 )
 
-// Event is a QMP-style asynchronous event.
-type Event struct {
-	Name string
-	Data map[string]any // nil for events without data
-	Time time.Time
-}
+// JobStatus is a job's place in its life cycle; the values are QEMU's
+// JobStatus (qapi/job.json), which are also the state machine's names.
+type JobStatus string
 
-// JobStatus values follow QEMU's JobStatus (qapi/job.json).
+// Job statuses.
 const (
-	JobCreated   = "created"
-	JobRunning   = "running"
-	JobWaiting   = "waiting"
-	JobPending   = "pending"
-	JobAborting  = "aborting"
-	JobConcluded = "concluded"
-	JobNull      = "null"
+	JobCreated   JobStatus = "created"
+	JobRunning   JobStatus = "running"
+	JobWaiting   JobStatus = "waiting"
+	JobPending   JobStatus = "pending"
+	JobAborting  JobStatus = "aborting"
+	JobConcluded JobStatus = "concluded"
+	JobNull      JobStatus = "null"
 )
 
-// JobInfo is one query-jobs entry.
+// JobType says what a job does.
+type JobType string
+
+// Job types.
+const (
+	JobSnapshotSave   JobType = "snapshot-save"
+	JobSnapshotLoad   JobType = "snapshot-load"
+	JobSnapshotDelete JobType = "snapshot-delete"
+)
+
+// JobInfo is one job as query-jobs shows it.
 type JobInfo struct {
 	ID              string
-	Type            string
-	Status          string
+	Type            JobType
+	Status          JobStatus
 	CurrentProgress uint64
 	TotalProgress   uint64
-	Error           string // "" when none
+	Err             error // why it failed; nil when it did not
 }
 
 type job struct {
@@ -71,9 +77,9 @@ func idWellFormed(id string) bool {
 	return true
 }
 
-func (js *Jobs) setStatus(j *job, s string) {
+func (js *Jobs) setStatus(j *job, s JobStatus) {
 	j.info.Status = s
-	js.emit(Event{Name: "JOB_STATUS_CHANGE", Data: map[string]any{"status": s, "id": j.info.ID}, Time: time.Now()})
+	js.emit(Event{Kind: EventJobStatus, JobID: j.info.ID, JobStatus: s, Time: time.Now()})
 }
 
 // JobCtx is what a running job sees of itself.
@@ -99,14 +105,14 @@ func (c JobCtx) Cancelled() bool {
 // Start creates a job, emits created and running before it returns (so
 // those events precede the command's reply, as in QEMU) and runs fn on its
 // own goroutine once start is called by the caller.
-func (js *Jobs) Start(id, typ string, fn func(JobCtx) error) (start func(), err error) {
+func (js *Jobs) Start(id string, typ JobType, fn func(JobCtx) error) (start func(), err error) {
 	if !idWellFormed(id) {
-		return nil, fmt.Errorf("Invalid job ID '%s'", id)
+		return nil, &Error{Kind: KindJobID, Job: id}
 	}
 	js.mu.Lock()
 	if _, ok := js.jobs[id]; ok {
 		js.mu.Unlock()
-		return nil, fmt.Errorf("Job ID '%s' already in use", id)
+		return nil, &Error{Kind: KindJobIDInUse, Job: id}
 	}
 	j := &job{info: JobInfo{ID: id, Type: typ, TotalProgress: 1}, done: make(chan struct{})}
 	js.jobs[id] = j
@@ -121,7 +127,7 @@ func (js *Jobs) Start(id, typ string, fn func(JobCtx) error) (start func(), err 
 			js.mu.Lock()
 			defer js.mu.Unlock()
 			if err != nil {
-				j.info.Error = err.Error()
+				j.info.Err = err
 				js.setStatus(j, JobAborting)
 			} else {
 				js.setStatus(j, JobWaiting)
@@ -149,7 +155,7 @@ func (js *Jobs) Wait(id string) (JobInfo, error) {
 	j, ok := js.jobs[id]
 	js.mu.Unlock()
 	if !ok {
-		return JobInfo{}, fmt.Errorf("Job not found")
+		return JobInfo{}, &Error{Kind: KindJobNotFound, Job: id}
 	}
 	<-j.done
 	js.mu.Lock()
@@ -158,7 +164,7 @@ func (js *Jobs) Wait(id string) (JobInfo, error) {
 }
 
 func verbError(j *job, verb string) error {
-	return fmt.Errorf("Job '%s' in state '%s' cannot accept command verb '%s'", j.info.ID, j.info.Status, verb)
+	return &Error{Kind: KindJobVerb, Job: j.info.ID, JobState: j.info.Status, Verb: verb}
 }
 
 // Dismiss is job-dismiss: a concluded job goes to null and disappears.
@@ -167,7 +173,7 @@ func (js *Jobs) Dismiss(id string) error {
 	defer js.mu.Unlock()
 	j, ok := js.jobs[id]
 	if !ok {
-		return fmt.Errorf("Job not found")
+		return &Error{Kind: KindJobNotFound, Job: id}
 	}
 	if j.info.Status != JobConcluded {
 		return verbError(j, "dismiss")
@@ -189,7 +195,7 @@ func (js *Jobs) Cancel(id string) error {
 	defer js.mu.Unlock()
 	j, ok := js.jobs[id]
 	if !ok {
-		return fmt.Errorf("Job not found")
+		return &Error{Kind: KindJobNotFound, Job: id}
 	}
 	switch j.info.Status {
 	case JobCreated, JobRunning, JobWaiting, JobPending:
