@@ -386,4 +386,3 @@ func (vm *VM) PVM() bool { return vm.sys.PVM() }
 
 // Entry is what the loader found and how the VM is entered.
 func (vm *VM) Entry() boot.Entry { return *vm.entry }
-

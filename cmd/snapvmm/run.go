@@ -15,8 +15,8 @@ import (
 	"github.com/snapvmm/snapvmm/kvm"
 	"github.com/snapvmm/snapvmm/qmp"
 	"github.com/snapvmm/snapvmm/vmm"
-	"github.com/snapvmm/snapvmm/vmm/control"
 	"github.com/snapvmm/snapvmm/vmm/boot"
+	"github.com/snapvmm/snapvmm/vmm/control"
 	"github.com/spf13/cobra"
 )
 
