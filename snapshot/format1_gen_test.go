@@ -157,7 +157,6 @@ func saveFormat1(m Machine, w io.Writer, progress Progress) (uint64, error) {
 	return cw.off, nil
 }
 
-
 // fingerprintV1 is the machine section of format 1: the CPUID only as a
 // digest, which format 1 never compared.
 type fingerprintV1 struct {
@@ -177,4 +176,3 @@ func fingerprintOfV1(m Machine) fingerprintV1 {
 	}
 	return fp
 }
-
