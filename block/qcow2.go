@@ -48,6 +48,7 @@ type Qcow2 struct {
 		off uint64
 		t   []uint64
 	}
+	vmRes vmReservation // qcow2_vmstate.go
 }
 
 // OpenQcow2 opens a qcow2 image.

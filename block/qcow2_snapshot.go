@@ -304,7 +304,7 @@ func (q *Qcow2) WriteVMState(p []byte, off int64) error {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if err := q.writeThrough(p, q.vmStateOffset()+uint64(off)); err != nil {
+	if err := q.writeVMState(p, uint64(off)); err != nil {
 		return fmt.Errorf("write vmstate to qcow2 %q: %w", q.name, err)
 	}
 	return nil

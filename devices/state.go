@@ -17,6 +17,14 @@ type Stateful interface {
 	RestoreState(version uint32, data []byte) error
 }
 
+// StateChecker is implemented by every Stateful device: CheckState decodes
+// and validates a payload exactly as RestoreState would, without changing
+// the device, so that a load refuses a bad payload before anything in the
+// VM has changed.
+type StateChecker interface {
+	CheckState(version uint32, data []byte) error
+}
+
 func decodeState(name string, have, max uint32, data []byte, v any) error {
 	if have == 0 || have > max {
 		return fmt.Errorf("restore %s: state version %d, this build reads 1..%d", name, have, max)
@@ -34,6 +42,22 @@ type SerialState struct {
 	THRPending, Level                           bool
 }
 
+func decodeSerial(version uint32, data []byte) (st SerialState, err error) {
+	if err := decodeState("serial", version, 1, data, &st); err != nil {
+		return st, err
+	}
+	if len(st.RX) > uartFIFOSize || len(st.Pending) > uartInputMax {
+		return st, fmt.Errorf("restore serial: FIFO of %d or queue of %d bytes exceeds the device's", len(st.RX), len(st.Pending))
+	}
+	return st, nil
+}
+
+// CheckState implements StateChecker.
+func (s *Serial) CheckState(version uint32, data []byte) error {
+	_, err := decodeSerial(version, data)
+	return err
+}
+
 // StateVersion implements Stateful.
 func (s *Serial) StateVersion() uint32 { return 1 }
 
@@ -48,12 +72,9 @@ func (s *Serial) SaveState() ([]byte, error) {
 // RestoreState implements Stateful. The interrupt line level is taken as
 // saved: the in-kernel irqchip's own saved state carries the pin.
 func (s *Serial) RestoreState(version uint32, data []byte) error {
-	var st SerialState
-	if err := decodeState("serial", version, 1, data, &st); err != nil {
+	st, err := decodeSerial(version, data)
+	if err != nil {
 		return err
-	}
-	if len(st.RX) > uartFIFOSize || len(st.Pending) > uartInputMax {
-		return fmt.Errorf("restore serial: FIFO of %d or queue of %d bytes exceeds the device's", len(st.RX), len(st.Pending))
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -70,6 +91,22 @@ type I8042State struct {
 	Out                  []uint8
 }
 
+func decodeI8042(version uint32, data []byte) (st I8042State, err error) {
+	if err := decodeState("i8042", version, 1, data, &st); err != nil {
+		return st, err
+	}
+	if len(st.Out) > 16 {
+		return st, fmt.Errorf("restore i8042: output queue of %d bytes exceeds 16", len(st.Out))
+	}
+	return st, nil
+}
+
+// CheckState implements StateChecker.
+func (k *I8042) CheckState(version uint32, data []byte) error {
+	_, err := decodeI8042(version, data)
+	return err
+}
+
 // StateVersion implements Stateful.
 func (k *I8042) StateVersion() uint32 { return 1 }
 
@@ -82,12 +119,9 @@ func (k *I8042) SaveState() ([]byte, error) {
 
 // RestoreState implements Stateful.
 func (k *I8042) RestoreState(version uint32, data []byte) error {
-	var st I8042State
-	if err := decodeState("i8042", version, 1, data, &st); err != nil {
+	st, err := decodeI8042(version, data)
+	if err != nil {
 		return err
-	}
-	if len(st.Out) > 16 {
-		return fmt.Errorf("restore i8042: output queue of %d bytes exceeds 16", len(st.Out))
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -100,6 +134,12 @@ func (k *I8042) RestoreState(version uint32, data []byte) error {
 type CMOSState struct {
 	Index uint8
 	RAM   [128]uint8
+}
+
+// CheckState implements StateChecker.
+func (c *CMOS) CheckState(version uint32, data []byte) error {
+	var st CMOSState
+	return decodeState("cmos", version, 1, data, &st)
 }
 
 // StateVersion implements Stateful.
@@ -127,6 +167,12 @@ func (c *CMOS) RestoreState(version uint32, data []byte) error {
 // PCIConfigState is the latched configuration address (version 1).
 type PCIConfigState struct{ Addr uint32 }
 
+// CheckState implements StateChecker.
+func (p *PCIConfig) CheckState(version uint32, data []byte) error {
+	var st PCIConfigState
+	return decodeState("pci-config", version, 1, data, &st)
+}
+
 // StateVersion implements Stateful.
 func (p *PCIConfig) StateVersion() uint32 { return 1 }
 
@@ -152,6 +198,12 @@ func (p *PCIConfig) RestoreState(version uint32, data []byte) error {
 // SysCtrlBState is port 0x61's latch (version 1).
 type SysCtrlBState struct{ Val uint8 }
 
+// CheckState implements StateChecker.
+func (p *SysCtrlB) CheckState(version uint32, data []byte) error {
+	var st SysCtrlBState
+	return decodeState("port61", version, 1, data, &st)
+}
+
 // StateVersion implements Stateful.
 func (p *SysCtrlB) StateVersion() uint32 { return 1 }
 
@@ -173,6 +225,9 @@ func (p *SysCtrlB) RestoreState(version uint32, data []byte) error {
 	p.mu.Unlock()
 	return nil
 }
+
+// CheckState implements StateChecker.
+func (k Sink) CheckState(version uint32, data []byte) error { return k.RestoreState(version, data) }
 
 // StateVersion implements Stateful; a sink has no state.
 func (Sink) StateVersion() uint32 { return 1 }

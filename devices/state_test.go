@@ -99,5 +99,8 @@ func TestEveryDeviceIsStateful(t *testing.T) {
 		if _, ok := d.(Stateful); !ok {
 			t.Errorf("%s does not implement Stateful", reflect.TypeOf(d))
 		}
+		if _, ok := d.(StateChecker); !ok {
+			t.Errorf("%s does not implement StateChecker", reflect.TypeOf(d))
+		}
 	}
 }

@@ -12,14 +12,23 @@ import (
 )
 
 // Stream constants. The compatibility rule: a reader accepts a stream of
-// the same major version and a minor version up to its own; sections carry
-// their own versions with the same rule.
+// a major version it knows (1 and 2) with a minor version up to its own for
+// that major; sections carry their own versions with the same rule. Save
+// writes format 2.
 const (
 	Magic        = "SNAPVMMS"
-	MajorVersion = 1
+	MajorVersion = 2
 	MinorVersion = 0
 
 	PageSize = 4096
+
+	// ChunkSize is the unit of RAM a format-2 stream checksums and a lazy
+	// load serves: one CRC32C per 2 MiB of guest RAM.
+	ChunkSize = 2 << 20
+	// RAMAlign is the alignment of ram_base in the stream: at least every
+	// qcow2 cluster size (512 B to 2 MiB) and 1 MiB, so that every guest
+	// page has a fixed place inside one cluster of the image.
+	RAMAlign = 2 << 20
 
 	tagSection = 'S'
 	tagEnd     = 'E'
@@ -45,14 +54,16 @@ func CPUSection(i int) string { return "cpu/" + strconv.Itoa(i) }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// Section versions written by this build.
+// Section versions written by this build. Version 2 of machine adds the
+// CPUID feature registers, of cpu/N snapvmm's own field names, of ram the
+// format-2 chunk index.
 const (
-	verMachine = 1
-	verCPU     = 1
+	verMachine = 2
+	verCPU     = 2
 	verIRQChip = 1
 	verPIT     = 1
 	verClock   = 1
-	verRAM     = 1
+	verRAM     = 2
 )
 
 // sectionHeader is tag, id length, id, version, payload length.
@@ -65,13 +76,17 @@ func sectionHeader(id string, version uint32, length uint64) []byte {
 }
 
 // Fingerprint identifies the machine a stream belongs to; Load refuses a
-// stream whose fingerprint differs from the target VM's.
+// stream whose fingerprint differs from the target VM's in RAM, vCPUs or
+// devices, or whose CPUID offers features this host's lacks.
 type Fingerprint struct {
 	RAMBelow4G uint64          `json:"ram_below_4g"`
 	RAMAbove4G uint64          `json:"ram_above_4g"`
 	VCPUs      int             `json:"vcpus"`
 	CPUID      string          `json:"cpuid_sha256"`
 	Devices    []DeviceVersion `json:"devices"`
+	// CPUIDFeatures are the feature registers of the saved CPUID (machine
+	// section version 2); absent in format-1 streams.
+	CPUIDFeatures []CPUIDFeatureReg `json:"cpuid_features,omitempty"`
 }
 
 // DeviceVersion is one device id and its state version.

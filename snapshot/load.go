@@ -28,9 +28,11 @@ type section struct {
 }
 
 type parsed struct {
+	major    uint16
 	sections map[string]*section
 	order    []string
 	ram      *section
+	end      uint64 // stream offset just past the end marker
 }
 
 func corruptf(format string, a ...any) error {
@@ -59,10 +61,12 @@ func parse(r io.ReaderAt, size uint64) (*parsed, error) {
 		return nil, corruptf("bad magic %q", h[:len(Magic)])
 	}
 	major, minor := binary.LittleEndian.Uint16(h[8:]), binary.LittleEndian.Uint16(h[10:])
-	if major != MajorVersion || minor > MinorVersion {
-		return nil, fmt.Errorf("%w: stream format %d.%d, this build reads %d.0 to %d.%d",
-			ErrMismatch, major, minor, MajorVersion, MajorVersion, MinorVersion)
+	// Format 1 never had a minor version but 0.
+	if major < 1 || major > MajorVersion || major == 1 && minor > 0 || minor > MinorVersion {
+		return nil, fmt.Errorf("%w: stream format %d.%d, this build reads 1.0 and 2.0 to %d.%d",
+			ErrMismatch, major, minor, MajorVersion, MinorVersion)
 	}
+	p.major = major
 	off := uint64(len(h))
 	for {
 		t, err := read(off, 1)
@@ -78,6 +82,7 @@ func parse(r io.ReaderAt, size uint64) (*parsed, error) {
 			if string(m) != endMarker {
 				return nil, corruptf("bad end marker")
 			}
+			p.end = off + uint64(len(endMarker))
 			break
 		}
 		if t[0] != tagSection {
@@ -111,7 +116,7 @@ func parse(r io.ReaderAt, size uint64) (*parsed, error) {
 		}
 		want := binary.LittleEndian.Uint32(crcb)
 		var got uint32
-		if s.id == SecRAM {
+		if s.id == SecRAM && major == 1 {
 			if got, err = crcOf(r, off, s.length); err != nil {
 				return nil, err
 			}
@@ -154,17 +159,19 @@ func crcOf(r io.ReaderAt, off, n uint64) (uint32, error) {
 
 // decoded is everything Load applies, checked before the VM is touched.
 type decoded struct {
-	cpus   []*kvm.VCPUState
-	vm     *kvm.VMState
-	ram    *section
-	bitmap []byte
-	pages  uint64
-	first  uint64 // stream offset of the first page
-	devs   map[string]*section
+	major   uint16
+	cpus    []*kvm.VCPUState
+	vm      *kvm.VMState
+	devs    map[string]*section
+	warning string     // a CPUID difference that loses no feature
+	ram1    *ramV1     // format 1
+	ram2    *ramSource // format 2
 }
 
-// Check parses and verifies a stream against a machine without changing
-// it: every CRC, the format and section versions, and the fingerprint.
+// check parses and verifies a stream against a machine without changing
+// it: the format and section versions, every section CRC, the fingerprint
+// and CPUID features, every vCPU and device payload decoded, and the RAM
+// layout. Format-2 RAM chunks are checked as they are read.
 func check(m Machine, r io.ReaderAt, size uint64) (*decoded, error) {
 	p, err := parse(r, size)
 	if err != nil {
@@ -191,17 +198,20 @@ func check(m Machine, r io.ReaderAt, size uint64) (*decoded, error) {
 	if err := compareFingerprint(fp, fingerprintOf(m)); err != nil {
 		return nil, err
 	}
-	d := &decoded{vm: &kvm.VMState{}, devs: map[string]*section{}}
+	d := &decoded{major: p.major, vm: &kvm.VMState{}, devs: map[string]*section{}}
+	if d.warning, err = compareCPUID(fp, m.CPUID()); err != nil {
+		return nil, err
+	}
 	for i := 0; i < fp.VCPUs; i++ {
 		s, err := need(CPUSection(i), verCPU)
 		if err != nil {
 			return nil, err
 		}
-		var c kvm.VCPUState
-		if err := json.Unmarshal(s.data, &c); err != nil {
+		c, err := decodeCPU(s.version, s.data)
+		if err != nil {
 			return nil, corruptf("section %s: %v", s.id, err)
 		}
-		d.cpus = append(d.cpus, &c)
+		d.cpus = append(d.cpus, c)
 	}
 	irq, err := need(SecIRQChip, verIRQChip)
 	if err != nil {
@@ -224,52 +234,39 @@ func check(m Machine, r io.ReaderAt, size uint64) (*decoded, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: device %s cannot restore state", ErrMismatch, dev.ID)
 		}
-		if d.devs[dev.ID], err = need(dev.ID, st.StateVersion()); err != nil {
+		sec, err := need(dev.ID, st.StateVersion())
+		if err != nil {
 			return nil, err
 		}
+		// Fail closed: a device that cannot check a payload without
+		// applying it would be the first thing a load changes.
+		ck, ok := dev.Dev.(devices.StateChecker)
+		if !ok {
+			return nil, fmt.Errorf("%w: device %s cannot check its state before a load", ErrMismatch, dev.ID)
+		}
+		if err := ck.CheckState(sec.version, sec.data); err != nil {
+			return nil, fmt.Errorf("device %s: %w", dev.ID, err)
+		}
+		d.devs[dev.ID] = sec
 	}
-	if d.ram, err = need(SecRAM, verRAM); err != nil {
+	ramSize := uint64(len(m.RAM()))
+	if p.major == 1 {
+		rs, err := need(SecRAM, 1)
+		if err != nil {
+			return nil, err
+		}
+		d.ram1, err = checkRAMV1(r, rs, ramSize)
+		return d, err
+	}
+	rs, err := need(SecRAM, verRAM)
+	if err != nil {
 		return nil, err
 	}
-	return d, d.checkRAM(r, uint64(len(m.RAM())))
-}
-
-func (d *decoded) checkRAM(r io.ReaderAt, ramSize uint64) error {
-	s := d.ram
-	if s.length < 16 {
-		return corruptf("RAM section of %d bytes", s.length)
+	if rs.version != 2 {
+		return nil, corruptf("format 2 with a version %d RAM section", rs.version)
 	}
-	h := make([]byte, 16)
-	if _, err := r.ReadAt(h, int64(s.off)); err != nil {
-		return err
-	}
-	size, pages := binary.LittleEndian.Uint64(h), binary.LittleEndian.Uint64(h[8:])
-	if size != ramSize {
-		return fmt.Errorf("%w: RAM is %d bytes in the stream, %d in this VM", ErrMismatch, size, ramSize)
-	}
-	if pages != size/PageSize {
-		return corruptf("RAM section has %d pages for %d bytes", pages, size)
-	}
-	d.pages = pages
-	d.bitmap = make([]byte, (pages+7)/8)
-	if 16+uint64(len(d.bitmap)) > s.length {
-		return corruptf("RAM bitmap runs past its section")
-	}
-	if _, err := r.ReadAt(d.bitmap, int64(s.off+16)); err != nil {
-		return err
-	}
-	var n uint64
-	for p := uint64(0); p < pages; p++ {
-		if d.bitmap[p/8]&(1<<(p%8)) != 0 {
-			n++
-		}
-	}
-	hdrEnd := s.off + 16 + uint64(len(d.bitmap))
-	d.first = hdrEnd + (PageSize-hdrEnd%PageSize)%PageSize
-	if d.first+n*PageSize != s.off+s.length {
-		return corruptf("RAM section length %d does not match its %d pages", s.length, n)
-	}
-	return nil
+	d.ram2, err = newRAMSource(r, rs.data, ramSize, p.end, size)
+	return d, err
 }
 
 func compareFingerprint(got, want Fingerprint) error {
@@ -316,36 +313,59 @@ func Verify(m Machine, r io.ReaderAt, size uint64) error {
 	return nil
 }
 
+// ErrNotLazy is returned by LoadLazy for a stream whose RAM has no fixed
+// place (format 1): load it with Load.
+var ErrNotLazy = errors.New("VM state has no fixed RAM layout (format 1): load it eagerly")
+
 // Load restores a stream into a paused machine of the same shape. Every
-// check (format, CRCs, fingerprint) happens before anything in the VM is
-// changed.
+// check (format, CRCs, fingerprint, CPUID features, vCPU and device
+// payloads) happens before anything in the VM is changed. Format-2 RAM
+// chunks are verified as they are read, before vCPUs and devices are
+// restored: a bad chunk leaves them untouched but guest RAM partly
+// overwritten, and the error names the chunk.
 func Load(m Machine, r io.ReaderAt, size uint64) error {
 	d, err := check(m, r, size)
 	if err != nil {
 		return fmt.Errorf("load VM state: %w", err)
 	}
-	ram := m.RAM()
-	next := d.first
-	stored := func(p uint64) bool { return d.bitmap[p/8]&(1<<(p%8)) != 0 }
-	for p := uint64(0); p < d.pages; {
-		if !stored(p) {
-			if page := ram[p*PageSize : (p+1)*PageSize]; !isZero(page) {
-				clear(page)
-			}
-			p++
-			continue
-		}
-		// Stored pages that are neighbours in RAM are neighbours in the
-		// stream too: read a run of them at once.
-		start := p
-		for p < d.pages && p-start < 256 && stored(p) {
-			p++
-		}
-		if _, err := r.ReadAt(ram[start*PageSize:p*PageSize], int64(next)); err != nil {
-			return fmt.Errorf("load VM state: read pages %d-%d: %w", start, p-1, err)
-		}
-		next += (p - start) * PageSize
+	if d.warning != "" {
+		m.Warnf("load VM state: %s", d.warning)
 	}
+	if d.major == 1 {
+		err = d.ram1.load(m.RAM(), r)
+	} else {
+		err = d.ram2.loadAll(m.RAM(), 4)
+	}
+	if err != nil {
+		return fmt.Errorf("load VM state: %w", err)
+	}
+	return d.restore(m)
+}
+
+// LoadLazy is Load without RAM: it checks everything as Load does, then
+// restores vCPU, VM-wide and device state, and returns the source that
+// serves guest RAM chunk by chunk (the caller populates guest memory from
+// it, on demand or in the background). A format-1 stream returns
+// ErrNotLazy before anything changes.
+func LoadLazy(m Machine, r io.ReaderAt, size uint64) (RAMSource, error) {
+	d, err := check(m, r, size)
+	if err != nil {
+		return nil, fmt.Errorf("load VM state: %w", err)
+	}
+	if d.major == 1 {
+		return nil, ErrNotLazy
+	}
+	if d.warning != "" {
+		m.Warnf("load VM state: %s", d.warning)
+	}
+	if err := d.restore(m); err != nil {
+		return nil, err
+	}
+	return d.ram2, nil
+}
+
+// restore writes vCPU, VM-wide and device state, all checked before.
+func (d *decoded) restore(m Machine) error {
 	if err := m.RestoreCPUs(d.cpus, d.vm); err != nil {
 		return fmt.Errorf("load VM state: %w", err)
 	}

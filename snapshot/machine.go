@@ -18,11 +18,16 @@ type Machine interface {
 	RAM() []byte
 	RAMLayout() (below4G, above4G uint64)
 	VCPUCount() int
-	// CPUIDDigest identifies the CPU model the guest sees.
-	CPUIDDigest() string
+	// CPUID is the CPUID the guest's vCPUs are built from (before the
+	// per-vCPU topology ids): a load compares its feature bits with the
+	// saved ones.
+	CPUID() []kvm.CPUIDEntry
 	SaveCPUs() ([]*kvm.VCPUState, error)
 	SaveVMState() (*kvm.VMState, error)
 	// RestoreCPUs writes vCPU and VM-wide state in KVM's required order.
 	RestoreCPUs(cpus []*kvm.VCPUState, vm *kvm.VMState) error
 	Devices() []Device
+	// Warnf reports something a load tolerates but the user should know
+	// (the VM's log).
+	Warnf(format string, a ...any)
 }

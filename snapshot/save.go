@@ -1,160 +1,298 @@
 package snapshot
 
 import (
-	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"sync"
+	"sync/atomic"
 
 	"github.com/snapvmm/snapvmm/devices"
 )
 
-// Progress receives bytes written so far and the expected total.
+// Progress receives bytes of the stream done so far and the expected
+// total.
 type Progress func(done, total uint64)
 
-// countingWriter tracks the stream offset, so RAM pages can be placed at
-// page-aligned stream offsets.
-type countingWriter struct {
-	w   *bufio.Writer
-	off uint64
-	err error
+// SaveOptions tune Save.
+type SaveOptions struct {
+	Progress Progress
+	// Writers is how many goroutines checksum and write RAM chunks in
+	// parallel (default 4).
+	Writers int
+	// Granule is the unit of RAM that is left unwritten when it is all
+	// zeros: the target's allocation unit (a qcow2 cluster size), at most
+	// ChunkSize. The default, PageSize, leaves out every zero page.
+	Granule uint64
+	// Prepare, when set, is called with the stream length before the
+	// first write: the place to make unwritten ranges of the target read
+	// as zeros and to reserve its space.
+	Prepare func(size uint64) error
 }
 
-func (c *countingWriter) Write(p []byte) (int, error) {
-	if c.err != nil {
-		return 0, c.err
-	}
-	n, err := c.w.Write(p)
-	c.off += uint64(n)
-	c.err = err
-	return n, err
+// ramIndexEntry is one chunk of the format-2 RAM index.
+type ramIndexEntry struct {
+	crc  uint32
+	zero bool
 }
 
-// Save writes the machine's state to w. The machine must be paused. It
-// returns the stream length.
-func Save(m Machine, w io.Writer, progress Progress) (uint64, error) {
+const chunkZero = 1 // ram index flag: the chunk is all zeros, nothing stored
+
+// plan is a stream's non-RAM content and RAM layout, fixed before any
+// byte is written.
+type plan struct {
+	ram     []byte
+	secs    []rawSection
+	chunks  int
+	prefix  uint64 // header, sections, RAM index and end marker
+	ramBase uint64
+}
+
+type rawSection struct {
+	id      string
+	version uint32
+	data    []byte
+}
+
+// newPlan collects everything but RAM from the paused machine.
+func newPlan(m Machine) (*plan, error) {
 	for _, d := range m.Devices() {
 		if _, ok := d.Dev.(devices.Stateful); !ok {
-			return 0, fmt.Errorf("save VM state: device %s cannot be snapshotted", d.ID)
+			return nil, fmt.Errorf("device %s cannot be snapshotted", d.ID)
 		}
 	}
 	cpus, err := m.SaveCPUs()
 	if err != nil {
-		return 0, fmt.Errorf("save VM state: %w", err)
+		return nil, err
 	}
 	vms, err := m.SaveVMState()
 	if err != nil {
-		return 0, fmt.Errorf("save VM state: %w", err)
+		return nil, err
 	}
-	type small struct {
-		id      string
-		version uint32
-		data    []byte
-	}
-	var secs []small
-	fp := fingerprintOf(m)
-	b, err := json.Marshal(fp)
+	fp, err := json.Marshal(fingerprintOf(m))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	secs = append(secs, small{SecMachine, verMachine, b})
+	p := &plan{ram: m.RAM(), secs: []rawSection{{SecMachine, verMachine, fp}}}
 	for i, c := range cpus {
-		b, err := json.Marshal(c)
+		b, err := encodeCPU(c)
 		if err != nil {
-			return 0, err
+			return nil, fmt.Errorf("vCPU %d: %w", i, err)
 		}
-		secs = append(secs, small{CPUSection(i), verCPU, b})
+		p.secs = append(p.secs, rawSection{CPUSection(i), verCPU, b})
 	}
-	irq, _ := json.Marshal(vms.IRQChips)
-	secs = append(secs, small{SecIRQChip, verIRQChip, irq}, small{SecPIT, verPIT, vms.PIT}, small{SecClock, verClock, vms.Clock})
+	irq, err := json.Marshal(vms.IRQChips)
+	if err != nil {
+		return nil, err
+	}
+	p.secs = append(p.secs, rawSection{SecIRQChip, verIRQChip, irq}, rawSection{SecPIT, verPIT, vms.PIT},
+		rawSection{SecClock, verClock, vms.Clock})
 	for _, d := range m.Devices() {
 		st := d.Dev.(devices.Stateful)
 		b, err := st.SaveState()
 		if err != nil {
-			return 0, fmt.Errorf("save VM state: device %s: %w", d.ID, err)
+			return nil, fmt.Errorf("device %s: %w", d.ID, err)
 		}
-		secs = append(secs, small{d.ID, st.StateVersion(), b})
+		p.secs = append(p.secs, rawSection{d.ID, st.StateVersion(), b})
 	}
+	p.chunks = int((uint64(len(p.ram)) + ChunkSize - 1) / ChunkSize)
+	p.prefix = uint64(len(Magic) + 4)
+	for _, s := range p.secs {
+		p.prefix += uint64(len(sectionHeader(s.id, s.version, 0))+len(s.data)) + 4
+	}
+	p.prefix += uint64(len(sectionHeader(SecRAM, verRAM, 0))) + ramIndexLen(p.chunks) + 4 + 1 + uint64(len(endMarker))
+	p.ramBase = (p.prefix + RAMAlign - 1) / RAMAlign * RAMAlign
+	return p, nil
+}
 
-	ram := m.RAM()
-	pages := uint64(len(ram)) / PageSize
-	bitmap := make([]byte, (pages+7)/8)
-	var nonZero uint64
-	for p := uint64(0); p < pages; p++ {
-		if !isZero(ram[p*PageSize : (p+1)*PageSize]) {
-			bitmap[p/8] |= 1 << (p % 8)
-			nonZero++
-		}
-	}
-	prefix := uint64(len(Magic) + 4)
-	for _, s := range secs {
-		prefix += uint64(len(sectionHeader(s.id, s.version, 0))) + uint64(len(s.data)) + 4
-	}
-	ramHdr := uint64(len(sectionHeader(SecRAM, verRAM, 0)))
-	hdrEnd := prefix + ramHdr + 16 + uint64(len(bitmap))
-	pad := (PageSize - hdrEnd%PageSize) % PageSize
-	total := hdrEnd + pad + nonZero*PageSize + 4 + 1 + uint64(len(endMarker))
-	report := func(c *countingWriter) {
-		if progress != nil {
-			progress(c.off, total)
-		}
-	}
+func ramIndexLen(chunks int) uint64 { return 32 + 8*uint64(chunks) }
 
-	cw := &countingWriter{w: bufio.NewWriterSize(w, 1<<20)}
-	cw.Write([]byte(Magic))
-	binary.Write(cw, binary.LittleEndian, [2]uint16{MajorVersion, MinorVersion})
-	for _, s := range secs {
-		cw.Write(sectionHeader(s.id, s.version, uint64(len(s.data))))
-		cw.Write(s.data)
-		binary.Write(cw, binary.LittleEndian, crc32.Checksum(s.data, castagnoli))
-	}
-	report(cw)
+func (p *plan) size() uint64 { return p.ramBase + uint64(len(p.ram)) }
 
-	// RAM: size, page count, bitmap, padding so that pages start at a
-	// page-aligned stream offset, then the non-zero pages in order.
-	length := 16 + uint64(len(bitmap)) + pad + nonZero*PageSize
-	cw.Write(sectionHeader(SecRAM, verRAM, length))
-	crc := uint32(0)
-	put := func(p []byte) {
-		crc = crc32.Update(crc, castagnoli, p)
-		cw.Write(p)
+// chunk is RAM chunk i.
+func (p *plan) chunk(i int) []byte {
+	end := min(uint64(i+1)*ChunkSize, uint64(len(p.ram)))
+	return p.ram[uint64(i)*ChunkSize : end]
+}
+
+// encodePrefix is everything before ram_base that is not padding.
+func (p *plan) encodePrefix(index []ramIndexEntry) []byte {
+	b := make([]byte, 0, p.prefix)
+	b = append(b, Magic...)
+	b = binary.LittleEndian.AppendUint16(b, MajorVersion)
+	b = binary.LittleEndian.AppendUint16(b, MinorVersion)
+	put := func(id string, version uint32, data []byte) {
+		b = append(b, sectionHeader(id, version, uint64(len(data)))...)
+		b = append(b, data...)
+		b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(data, castagnoli))
 	}
-	put(binary.LittleEndian.AppendUint64(nil, uint64(len(ram))))
-	put(binary.LittleEndian.AppendUint64(nil, pages))
-	put(bitmap)
-	put(make([]byte, pad))
-	// Write runs of non-zero pages in large sequential chunks.
-	const chunk = 256 // pages
-	for p := uint64(0); p < pages; {
-		if bitmap[p/8]&(1<<(p%8)) == 0 {
-			p++
-			continue
+	for _, s := range p.secs {
+		put(s.id, s.version, s.data)
+	}
+	ri := make([]byte, 0, ramIndexLen(len(index)))
+	ri = binary.LittleEndian.AppendUint64(ri, uint64(len(p.ram)))
+	ri = binary.LittleEndian.AppendUint64(ri, ChunkSize)
+	ri = binary.LittleEndian.AppendUint64(ri, p.ramBase)
+	ri = binary.LittleEndian.AppendUint64(ri, uint64(len(index)))
+	for _, e := range index {
+		var flags uint32
+		if e.zero {
+			flags |= chunkZero
 		}
-		start := p
-		for p < pages && p-start < chunk && bitmap[p/8]&(1<<(p%8)) != 0 {
-			p++
+		ri = binary.LittleEndian.AppendUint32(ri, e.crc)
+		ri = binary.LittleEndian.AppendUint32(ri, flags)
+	}
+	put(SecRAM, verRAM, ri)
+	b = append(b, tagEnd)
+	return append(b, endMarker...)
+}
+
+// eachChunk runs f on every RAM chunk with n goroutines and stops at the
+// first error.
+func (p *plan) eachChunk(n int, f func(i int) error) error {
+	if n <= 0 {
+		n = 4
+	}
+	var next atomic.Int64
+	var failed atomic.Bool
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for w := 0; w < n; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !failed.Load() {
+				i := int(next.Add(1) - 1)
+				if i >= p.chunks {
+					return
+				}
+				if err := f(i); err != nil {
+					errs[w] = err
+					failed.Store(true)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
 		}
-		put(ram[start*PageSize : p*PageSize])
-		report(cw)
 	}
-	binary.Write(cw, binary.LittleEndian, crc)
-	cw.Write([]byte{tagEnd})
-	cw.Write([]byte(endMarker))
-	if cw.err == nil {
-		cw.err = cw.w.Flush()
+	return nil
+}
+
+// Save writes the paused machine's state to w as a format-2 stream and
+// returns its length. RAM goes to its fixed place (ram_base + guest
+// offset) from several goroutines; granules of RAM that are all zeros are
+// not written, so w must read ranges never written as zeros (a fresh
+// vmstate area of a qcow2 image; see SaveOptions.Prepare). Memory use does
+// not grow with RAM: chunks are written from guest memory itself.
+func Save(m Machine, w io.WriterAt, opts SaveOptions) (uint64, error) {
+	p, err := newPlan(m)
+	if err != nil {
+		return 0, fmt.Errorf("save VM state: %w", err)
 	}
-	if cw.err != nil {
-		return cw.off, fmt.Errorf("save VM state: write: %w", cw.err)
+	g := opts.Granule
+	if g == 0 {
+		g = PageSize
 	}
-	report(cw)
-	return cw.off, nil
+	if g < PageSize || g > ChunkSize || g&(g-1) != 0 {
+		return 0, fmt.Errorf("save VM state: write granule %d is not a power of two from %d to %d", g, PageSize, ChunkSize)
+	}
+	if opts.Prepare != nil {
+		if err := opts.Prepare(p.size()); err != nil {
+			return 0, fmt.Errorf("save VM state: prepare the target for %d bytes: %w", p.size(), err)
+		}
+	}
+	index := make([]ramIndexEntry, p.chunks)
+	var progMu sync.Mutex
+	var done uint64
+	report := func(n uint64) {
+		progMu.Lock()
+		defer progMu.Unlock()
+		done += n
+		if opts.Progress != nil {
+			opts.Progress(done, p.size())
+		}
+	}
+	err = p.eachChunk(opts.Writers, func(i int) error {
+		c := p.chunk(i)
+		base := p.ramBase + uint64(i)*ChunkSize
+		zero := true
+		for off := uint64(0); off < uint64(len(c)); off += g {
+			gr := c[off:min(off+g, uint64(len(c)))]
+			if isZero(gr) {
+				continue
+			}
+			zero = false
+			if _, err := w.WriteAt(gr, int64(base+off)); err != nil {
+				return fmt.Errorf("write RAM chunk %d at stream offset %d: %w", i, base+off, err)
+			}
+		}
+		index[i] = ramIndexEntry{crc: crc32.Checksum(c, castagnoli), zero: zero}
+		report(uint64(len(c)))
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("save VM state: %w", err)
+	}
+	// The index goes in last: a stream cut short before this point has no
+	// valid RAM section and is refused as a whole.
+	if _, err := w.WriteAt(p.encodePrefix(index), 0); err != nil {
+		return 0, fmt.Errorf("save VM state: write the header and sections: %w", err)
+	}
+	report(p.ramBase)
+	return p.size(), nil
+}
+
+// SaveStream writes the same format-2 stream as Save to a sequential
+// writer: it checksums RAM first, then writes everything in order, zero
+// chunks and padding as zeros (a stream has no holes). For targets that
+// cannot write at offsets (a pipe, a buffer in tests).
+func SaveStream(m Machine, w io.Writer, opts SaveOptions) (uint64, error) {
+	p, err := newPlan(m)
+	if err != nil {
+		return 0, fmt.Errorf("save VM state: %w", err)
+	}
+	index := make([]ramIndexEntry, p.chunks)
+	if err := p.eachChunk(opts.Writers, func(i int) error {
+		c := p.chunk(i)
+		index[i] = ramIndexEntry{crc: crc32.Checksum(c, castagnoli), zero: isZero(c)}
+		return nil
+	}); err != nil {
+		return 0, fmt.Errorf("save VM state: %w", err)
+	}
+	prefix := p.encodePrefix(index)
+	var done uint64
+	write := func(b []byte) error {
+		if _, err := w.Write(b); err != nil {
+			return fmt.Errorf("save VM state: write at stream offset %d: %w", done, err)
+		}
+		done += uint64(len(b))
+		if opts.Progress != nil {
+			opts.Progress(done, p.size())
+		}
+		return nil
+	}
+	if err := write(append(prefix, make([]byte, p.ramBase-uint64(len(prefix)))...)); err != nil {
+		return 0, err
+	}
+	for i := 0; i < p.chunks; i++ {
+		if err := write(p.chunk(i)); err != nil {
+			return 0, err
+		}
+	}
+	return done, nil
 }
 
 func fingerprintOf(m Machine) Fingerprint {
 	below, above := m.RAMLayout()
-	fp := Fingerprint{RAMBelow4G: below, RAMAbove4G: above, VCPUs: m.VCPUCount(), CPUID: m.CPUIDDigest()}
+	cpuid := m.CPUID()
+	fp := Fingerprint{RAMBelow4G: below, RAMAbove4G: above, VCPUs: m.VCPUCount(), CPUID: CPUIDDigest(cpuid),
+		CPUIDFeatures: cpuidFeatures(cpuid)}
 	for _, d := range m.Devices() {
 		v := uint32(0)
 		if st, ok := d.Dev.(devices.Stateful); ok {

@@ -1,13 +1,11 @@
 package vmm
 
 import (
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 
+	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/kvm"
 	"github.com/snapvmm/snapvmm/snapshot"
 )
@@ -41,15 +39,7 @@ func (vm *VM) onEachVCPU(f func(*kvm.VCPU) error) error {
 	return errors.Join(errs...)
 }
 
-func cpuidDigest(ents []kvm.CPUIDEntry) string {
-	h := sha256.New()
-	for _, e := range ents {
-		for _, v := range []uint32{e.Function, e.Index, e.Flags, e.EAX, e.EBX, e.ECX, e.EDX} {
-			h.Write(binary.LittleEndian.AppendUint32(nil, v))
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
+func cpuidDigest(ents []kvm.CPUIDEntry) string { return snapshot.CPUIDDigest(ents) }
 
 // RAM implements snapshot.Machine.
 func (vm *VM) RAM() []byte { return vm.mem.Bytes() }
@@ -57,8 +47,12 @@ func (vm *VM) RAM() []byte { return vm.mem.Bytes() }
 // RAMLayout implements snapshot.Machine.
 func (vm *VM) RAMLayout() (uint64, uint64) { return vm.layout.Below4G, vm.layout.Above4G }
 
-// CPUIDDigest implements snapshot.Machine.
-func (vm *VM) CPUIDDigest() string { return vm.cpuidDigest }
+// CPUID implements snapshot.Machine: the CPUID every vCPU is built from
+// (cpuidFor adds only topology ids and the hypervisor leaves).
+func (vm *VM) CPUID() []kvm.CPUIDEntry { return vm.cpuidBase }
+
+// Warnf implements snapshot.Machine.
+func (vm *VM) Warnf(format string, a ...any) { vm.log.Warnf(format, a...) }
 
 // Devices implements snapshot.Machine.
 func (vm *VM) Devices() []snapshot.Device { return vm.devs }
@@ -110,9 +104,37 @@ func (vm *VM) RestoreCPUs(cpus []*kvm.VCPUState, vms *kvm.VMState) error {
 	return vm.onEachVCPU(func(c *kvm.VCPU) error { return c.RestoreState(cpus[c.ID()], true) })
 }
 
-// SaveState writes the paused VM's state stream to w.
+// SaveState writes the paused VM's state stream to w. Into the vmstate
+// area of a qcow2 node, RAM goes to fixed offsets from parallel writers
+// and all-zero clusters stay unallocated; any other writer gets the same
+// stream sequentially.
 func (vm *VM) SaveState(w io.Writer, progress snapshot.Progress) (uint64, error) {
-	return snapshot.Save(vm, w, progress)
+	if vw, ok := w.(*vmStateWriter); ok && vw.off == 0 {
+		if area, ok := vw.s.(block.VMStateArea); ok {
+			return saveToArea(vm, area, progress)
+		}
+	}
+	return snapshot.SaveStream(vm, w, snapshot.SaveOptions{Progress: progress})
+}
+
+// vmStateAt writes a vmstate area at offsets.
+type vmStateAt struct{ s block.Snapshotter }
+
+func (w vmStateAt) WriteAt(p []byte, off int64) (int, error) {
+	if err := w.s.WriteVMState(p, off); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func saveToArea(m snapshot.Machine, area block.VMStateArea, progress snapshot.Progress) (n uint64, err error) {
+	defer func() {
+		if eerr := area.EndVMState(); err == nil && eerr != nil {
+			err = eerr
+		}
+	}()
+	return snapshot.Save(m, vmStateAt{area}, snapshot.SaveOptions{Progress: progress,
+		Granule: min(max(area.ClusterSize(), snapshot.PageSize), snapshot.ChunkSize), Prepare: area.BeginVMState})
 }
 
 // LoadState restores a state stream into the paused VM.

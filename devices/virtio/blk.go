@@ -334,14 +334,27 @@ func (b *Block) SaveState() ([]byte, error) {
 	return json.Marshal(BlockState{Transport: b.saveTransport()})
 }
 
+func (b *Block) decodeState(version uint32, data []byte) (s BlockState, err error) {
+	if version == 0 || version > 1 {
+		return s, fmt.Errorf("restore virtio-blk: state version %d, this build reads 1", version)
+	}
+	if err := json.Unmarshal(data, &s); err != nil {
+		return s, fmt.Errorf("restore virtio-blk: %w", err)
+	}
+	return s, b.checkTransport(s.Transport)
+}
+
+// CheckState implements devices.StateChecker.
+func (b *Block) CheckState(version uint32, data []byte) error {
+	_, err := b.decodeState(version, data)
+	return err
+}
+
 // RestoreState implements devices.Stateful.
 func (b *Block) RestoreState(version uint32, data []byte) error {
-	if version == 0 || version > 1 {
-		return fmt.Errorf("restore virtio-blk: state version %d, this build reads 1", version)
-	}
-	var s BlockState
-	if err := json.Unmarshal(data, &s); err != nil {
-		return fmt.Errorf("restore virtio-blk: %w", err)
+	s, err := b.decodeState(version, data)
+	if err != nil {
+		return err
 	}
 	b.Drain()
 	if err := b.restoreTransport(s.Transport); err != nil {

@@ -281,9 +281,17 @@ func (m *MMIO) saveTransport() MMIOState {
 		Queues: append([]Queue(nil), m.queues...)}
 }
 
-func (m *MMIO) restoreTransport(s MMIOState) error {
+// checkTransport validates a saved transport state without applying it.
+func (m *MMIO) checkTransport(s MMIOState) error {
 	if len(s.Queues) != len(m.queues) {
 		return fmt.Errorf("restore virtio transport: %d queues saved, device has %d", len(s.Queues), len(m.queues))
+	}
+	return nil
+}
+
+func (m *MMIO) restoreTransport(s MMIOState) error {
+	if err := m.checkTransport(s); err != nil {
+		return err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
