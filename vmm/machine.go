@@ -104,17 +104,32 @@ func (vm *VM) RestoreCPUs(cpus []*kvm.VCPUState, vms *kvm.VMState) error {
 	return vm.onEachVCPU(func(c *kvm.VCPU) error { return c.RestoreState(cpus[c.ID()], true) })
 }
 
-// SaveState writes the paused VM's state stream to w. Into the vmstate
-// area of a qcow2 node, RAM goes to fixed offsets from parallel writers
-// and all-zero clusters stay unallocated; any other writer gets the same
-// stream sequentially.
+// SaveState writes the paused VM's state stream to w, sequentially.
 func (vm *VM) SaveState(w io.Writer, progress snapshot.Progress) (uint64, error) {
-	if vw, ok := w.(*vmStateWriter); ok && vw.off == 0 {
-		if area, ok := vw.s.(block.VMStateArea); ok {
-			return saveToArea(vm, area, progress)
-		}
-	}
 	return snapshot.SaveStream(vm, w, snapshot.SaveOptions{Progress: progress})
+}
+
+// SaveStateTo writes the paused VM's state into a node's vmstate area.
+// Where the node offers a block.VMStateArea (qcow2), RAM goes to fixed
+// offsets from parallel writers and all-zero clusters stay unallocated;
+// otherwise the stream is written in order.
+func (vm *VM) SaveStateTo(dst block.Snapshotter, progress snapshot.Progress) (uint64, error) {
+	if area, ok := dst.(block.VMStateArea); ok {
+		return saveToArea(vm, area, progress)
+	}
+	return snapshot.SaveStream(vm, &vmStateSeq{w: vmStateAt{dst}}, snapshot.SaveOptions{Progress: progress})
+}
+
+// vmStateSeq turns a writer at offsets into a sequential one.
+type vmStateSeq struct {
+	w   io.WriterAt
+	off int64
+}
+
+func (s *vmStateSeq) Write(p []byte) (int, error) {
+	n, err := s.w.WriteAt(p, s.off)
+	s.off += int64(n)
+	return n, err
 }
 
 // vmStateAt writes a vmstate area at offsets.

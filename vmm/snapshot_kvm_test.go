@@ -3,6 +3,7 @@ package vmm
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -210,6 +211,12 @@ func TestSMPSaveLoadEveryVCPUContinues(t *testing.T) {
 		t.Fatal(err)
 	}
 	out.waitFor(t, "smpcount 8388608\n", 30*time.Second)
+	// vCPU 0 prints; the others may start later on a loaded host (2 cores
+	// shared with the tests around): wait until every vCPU has counted.
+	deadline := time.Now().Add(30 * time.Second)
+	for slices.Contains(counters(), 0) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	st := saveState(t, vm)
 	saved := counters()
 	for i, c := range saved {
@@ -228,7 +235,7 @@ func TestSMPSaveLoadEveryVCPUContinues(t *testing.T) {
 	if err := vm.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline = time.Now().Add(30 * time.Second)
 	for {
 		got := counters()
 		all := true

@@ -11,6 +11,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/snapshot"
 	"github.com/snapvmm/snapvmm/vmm"
 )
@@ -108,7 +109,26 @@ func (g *Guest) ExitStatus() vmm.Exit { g.mu.Lock(); defer g.mu.Unlock(); return
 // VMClockNsec implements control.Guest.
 func (g *Guest) VMClockNsec() uint64 { return g.clock }
 
-// SaveState implements control.Guest.
+// SaveStateTo implements control.Guest: the stream goes to dst's vmstate
+// area in order.
+func (g *Guest) SaveStateTo(dst block.Snapshotter, p snapshot.Progress) (uint64, error) {
+	return g.SaveState(&areaWriter{dst: dst}, p)
+}
+
+type areaWriter struct {
+	dst block.Snapshotter
+	off int64
+}
+
+func (w *areaWriter) Write(p []byte) (int, error) {
+	if err := w.dst.WriteVMState(p, w.off); err != nil {
+		return 0, err
+	}
+	w.off += int64(len(p))
+	return len(p), nil
+}
+
+// SaveState writes the fake's stream to w.
 func (g *Guest) SaveState(w io.Writer, p snapshot.Progress) (uint64, error) {
 	if g.BeforeSave != nil {
 		g.BeforeSave()

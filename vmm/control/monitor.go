@@ -26,7 +26,8 @@ type Guest interface {
 	Done() <-chan struct{}
 	ExitStatus() vmm.Exit
 	VMClockNsec() uint64
-	SaveState(w io.Writer, p snapshot.Progress) (uint64, error)
+	// SaveStateTo writes the paused VM's state into dst's vmstate area.
+	SaveStateTo(dst block.Snapshotter, p snapshot.Progress) (uint64, error)
 	VerifyState(r io.ReaderAt, size uint64) error
 	LoadState(r io.ReaderAt, size uint64) error
 	Reset() error

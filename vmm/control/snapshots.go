@@ -72,20 +72,6 @@ func writable(nodes []snapNode) []block.Snapshotter {
 	return out
 }
 
-// vmStateWriter streams into a node's vmstate area.
-type vmStateWriter struct {
-	s   block.Snapshotter
-	off int64
-}
-
-func (w *vmStateWriter) Write(p []byte) (int, error) {
-	if err := w.s.WriteVMState(p, w.off); err != nil {
-		return 0, err
-	}
-	w.off += int64(len(p))
-	return len(p), nil
-}
-
 // vmStateReader reads a snapshot's vmstate.
 type vmStateReader struct {
 	s    block.Snapshotter
@@ -167,7 +153,7 @@ func (m *Monitor) saveSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 			ctx.Progress(done, total)
 		}
 	}
-	size, err := m.guest.SaveState(&vmStateWriter{s: vs}, progress)
+	size, err := m.guest.SaveStateTo(vs, progress)
 	if err != nil {
 		return &Error{Kind: KindSaveState, Err: err}
 	}
