@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -127,6 +128,10 @@ type VM struct {
 	// QEMU_CLOCK_VIRTUAL: it stops while the VM is paused.
 	vmClock  time.Duration
 	runSince time.Time
+
+	// lazy is the session serving guest RAM on demand after a lazy load
+	// (lazyram.go), or nil.
+	lazy atomic.Pointer[LazyRAM]
 }
 
 // setState records a transition and keeps the VM clock; vm.mu is held.
@@ -271,6 +276,7 @@ func (vm *VM) Reset() error {
 	if err := vm.Pause(); err != nil {
 		return fmt.Errorf("reset VM: %w", err)
 	}
+	vm.endLazyRAM() // stop serving a snapshot's RAM: it is discarded
 	if err := vm.mem.Discard(); err != nil {
 		return fmt.Errorf("reset VM: %w", err)
 	}
@@ -362,7 +368,7 @@ func (vm *VM) setupDevices() error {
 		return fmt.Errorf("%w: %d disks, at most %d", ErrBadConfig, len(vm.cfg.Disks), maxDisks)
 	}
 	for i, n := range vm.cfg.Disks {
-		b := virtio.NewBlock(n, vm.Mem(), vm.irqFunc(uint32(VirtioIRQBase+i)), vm.log)
+		b := virtio.NewBlock(n, deviceMem{vm}, vm.irqFunc(uint32(VirtioIRQBase+i)), vm.log)
 		base := VirtioMMIOBase + uint64(i)*virtio.MMIOSize
 		if err := vm.MMIO.Register("virtio-blk/"+n.Name(), base, virtio.MMIOSize, b); err != nil {
 			return err
@@ -640,6 +646,7 @@ func (vm *VM) Close() error {
 	vm.mu.Lock()
 	vm.closed = true
 	vm.mu.Unlock()
+	vm.endLazyRAM()
 	var errs []error
 	for _, b := range vm.blks {
 		b.Close()
