@@ -343,14 +343,17 @@ func (l *LazyRAM) place(i int, buf []byte, urgent bool) error {
 			return fmt.Errorf("lazy RAM load: chunk %d: %w", i, err)
 		}
 	}
-	l.state[i].Store(chunkPresent)
+	// Counted before it is marked present, so whoever Ensure releases
+	// sees it in Stats.
 	if urgent {
 		l.onDemand.Add(1)
 	}
+	last := l.loaded.Add(1) == int64(l.n)
+	l.state[i].Store(chunkPresent)
 	l.mu.Lock()
 	l.cond.Broadcast()
 	l.mu.Unlock()
-	if l.loaded.Add(1) == int64(l.n) {
+	if last {
 		l.end(nil)
 	}
 	return nil
@@ -427,10 +430,12 @@ func (l *LazyRAM) end(err error) {
 // stop tells the handler and the loaders to return.
 func (l *LazyRAM) stop() {
 	l.quitOnce.Do(func() {
-		close(l.quit)
+		// The eventfd first: the supervisor closes it once quit is
+		// closed and the handler has returned.
 		if _, err := unix.Write(l.quitFd, []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
 			l.log.Errorf("lazy RAM load: wake the fault handler: %v", err)
 		}
+		close(l.quit)
 	})
 }
 
