@@ -490,8 +490,9 @@ func (l *LazyRAM) Finish() error {
 
 // Close ends the session early (a new load replaces guest RAM): loading
 // stops, the descriptor is closed and chunks never loaded read as zeros.
-// It returns once the session is torn down; after a complete session it
-// does nothing.
+// It returns once the session is torn down, which may wait for a running
+// onError: call it holding no lock onError takes. After a complete
+// session it does nothing.
 func (l *LazyRAM) Close() {
 	l.mu.Lock()
 	l.closed = true
