@@ -22,19 +22,25 @@ func captureRAM(t *testing.T, vm *VM) *memSource {
 	return newMemSource(append([]byte(nil), vm.RAM()...), lazyChunk)
 }
 
+// pausedCounter runs a counter guest past its first line, pauses it and
+// captures its RAM; it returns the counter's address too.
+func pausedCounter(t *testing.T) (*VM, *syncBuffer, uint64, *memSource) {
+	t.Helper()
+	vm, out := newGuestVM(t, "counter", 1)
+	needLazyRAM(t)
+	if err := vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "counter 4194304\n", testutil.Scaled(30*time.Second))
+	return vm, out, symbol(t, "counter", "counter"), captureRAM(t, vm)
+}
+
 // TestLazyRAMCounterContinues empties a paused counter guest's RAM and
 // resumes it with only faults loading chunks: the vCPU's accesses inside
 // KVM_RUN are served by the handler and the guest counts on from where it
 // was paused.
 func TestLazyRAMCounterContinues(t *testing.T) {
-	vm, out := newGuestVM(t, "counter", 1)
-	needLazyRAM(t)
-	addr := symbol(t, "counter", "counter")
-	if err := vm.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	out.waitFor(t, "counter 4194304\n", testutil.Scaled(30*time.Second))
-	src := captureRAM(t, vm)
+	vm, out, addr, src := pausedCounter(t)
 	c := readU64(t, vm, addr)
 	hold := make(chan struct{})
 	l, err := vm.startLazyRAM(src, func(err error) { t.Errorf("onError: %v", err) }, lazyOptions{hold: hold})
@@ -110,14 +116,7 @@ func TestLazyRAMFillGuestPagesAsSaved(t *testing.T) {
 // stops the VM with the error, and the vCPU blocked on that fault ends
 // without running another guest instruction.
 func TestLazyRAMCorruptChunkStopsVM(t *testing.T) {
-	vm, out := newGuestVM(t, "counter", 1)
-	needLazyRAM(t)
-	addr := symbol(t, "counter", "counter")
-	if err := vm.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	out.waitFor(t, "counter 4194304\n", testutil.Scaled(30*time.Second))
-	src := captureRAM(t, vm)
+	vm, out, addr, src := pausedCounter(t)
 	bad := int(addr / lazyChunk)
 	src.corrupt(bad)
 	hold := make(chan struct{})
