@@ -286,6 +286,7 @@ func (vm *VM) Close() error {
 	vm.mu.Lock()
 	vm.closed = true
 	vm.mu.Unlock()
+	vm.endLazyRAM()
 	var errs []error
 	for _, b := range vm.blks {
 		b.Close()

@@ -101,6 +101,7 @@ func (vm *VM) Reset() error {
 		}
 	}
 	vm.mu.Unlock()
+	vm.endLazyRAM() // stop serving a snapshot's RAM: it is discarded
 	err := vm.restorePowerOn()
 	vm.mu.Lock()
 	defer vm.unlockAndNotify()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -134,6 +135,10 @@ type VM struct {
 	// QEMU_CLOCK_VIRTUAL: it stops while the VM does not run.
 	vmClock  time.Duration
 	runSince time.Time
+
+	// lazy is the session serving guest RAM on demand after a lazy load
+	// (lazyram.go), or nil.
+	lazy atomic.Pointer[LazyRAM]
 }
 
 // ErrBadConfig marks configuration errors a user can fix (bad size, too
@@ -276,7 +281,7 @@ func (vm *VM) setupDevices() error {
 		return fmt.Errorf("%w: %d disks, at most %d", ErrBadConfig, len(vm.cfg.Disks), maxDisks)
 	}
 	for i, n := range vm.cfg.Disks {
-		b := virtio.NewBlock(n, vm.Mem(), vm.irqFunc(uint32(VirtioIRQBase+i)), vm.log)
+		b := virtio.NewBlock(n, deviceMem{vm}, vm.irqFunc(uint32(VirtioIRQBase+i)), vm.log)
 		base := VirtioMMIOBase + uint64(i)*virtio.MMIOSize
 		if err := vm.MMIO.Register("virtio-blk/"+n.Name(), base, virtio.MMIOSize, b); err != nil {
 			return err

@@ -1,0 +1,561 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/snapvmm/snapvmm/internal/uffd"
+)
+
+// RAMSource serves the guest RAM of a snapshot chunk by chunk. It is the
+// contract of snapshot.RAMSource (docs/lazy-load.md), declared here so the
+// lazy loader builds on its own; the two are meant to become one type.
+type RAMSource interface {
+	RAMSize() uint64        // bytes of guest RAM (below 4 GiB, then above, as one range)
+	ChunkSize() uint64      // every chunk but the last has this size
+	Chunks() int            // number of chunks
+	ChunkIsZero(i int) bool // the chunk is all zeros (nothing stored): serve with zero pages
+	// ReadChunk reads chunk i into dst (len(dst) == that chunk's length),
+	// verifies its CRC32C and returns an error naming the chunk on a
+	// mismatch or read failure. Safe for concurrent use.
+	ReadChunk(i int, dst []byte) error
+}
+
+// ErrLazyRAMClosed is a lazy RAM session's result when Close ended it
+// before every chunk was in place.
+var ErrLazyRAMClosed = errors.New("lazy RAM load closed before guest RAM was complete")
+
+// LazyRAM serves guest RAM from a RAMSource on demand: the RAM is emptied
+// and registered with userfaultfd in MISSING mode, a fault handler
+// goroutine turns each first access to a page (by a vCPU inside KVM_RUN,
+// or by any goroutine of this process) into a request for the chunk that
+// holds it, and loader goroutines read chunks (urgent ones first, the rest
+// in order) and place them with UFFDIO_COPY or UFFDIO_ZEROPAGE, which wakes
+// the waiting threads. When every chunk is in place the range is
+// unregistered and the descriptor closed: guest RAM is ordinary memory
+// again. docs/lazy-load.md has the design and the rules for code that
+// touches guest RAM during a session.
+type LazyRAM struct {
+	mem     []byte
+	base    uint64
+	src     RAMSource
+	size    uint64
+	chunk   uint64
+	n       int
+	onError func(error)
+	log     *logrus.Entry
+	hold    <-chan struct{} // background loading waits for it (tests); nil: no wait
+
+	fd     *uffd.FD
+	quitFd int // eventfd that ends the fault handler's poll
+
+	state     []atomic.Uint32 // chunkMissing, chunkClaimed, chunkPresent
+	requested []atomic.Bool   // the chunk was queued on urgent (each at most once)
+	urgent    chan int        // chunks a fault or Ensure waits for; capacity n: never blocks
+	next      atomic.Int64    // background cursor
+	loaded    atomic.Int64
+	zero      atomic.Int64
+	onDemand  atomic.Int64
+	faults    atomic.Int64
+
+	quit     chan struct{}
+	quitOnce sync.Once
+	workers  sync.WaitGroup
+	done     chan struct{}
+	started  time.Time
+
+	mu      sync.Mutex
+	cond    *sync.Cond // broadcast when a chunk lands and when the session ends
+	ended   bool       // the outcome is decided (err says which)
+	err     error      // nil: complete; the failure; ErrLazyRAMClosed
+	closed  bool       // Close was called: the memory is no longer this session's
+	elapsed time.Duration
+}
+
+const (
+	chunkMissing = iota
+	chunkClaimed // a loader is reading and placing it
+	chunkPresent
+)
+
+// Loaders read chunks in parallel (ReadChunk may wait for the disk); each
+// owns one chunk buffer, so a session holds at most lazyLoaders chunks of
+// memory besides guest RAM.
+const lazyLoaders = 4
+
+// maxLazyChunk bounds the chunk size a source may ask for, and with it the
+// loaders' buffers.
+const maxLazyChunk = 64 << 20
+
+// lazyOptions are knobs for tests and benchmarks.
+type lazyOptions struct {
+	loaders int
+	// hold, when not nil, keeps background loading waiting until it is
+	// closed, so only faults and Ensure load chunks until then.
+	hold <-chan struct{}
+}
+
+// LazyRAMStats describe a session's progress.
+type LazyRAMStats struct {
+	Chunks   int           // chunks of guest RAM
+	Loaded   int           // chunks in place
+	Zero     int           // of those, filled with zero pages
+	OnDemand int           // of those, loaded because a fault or Ensure waited for them
+	Faults   int           // page-fault events the handler received
+	Elapsed  time.Duration // since the start, or the session's whole length once ended
+}
+
+// newLazyRAM starts serving mem (a MAP_SHARED|MAP_ANONYMOUS mapping that no
+// other thread touches until it returns) from src. onError is called at
+// most once, with the first read, CRC or userfaultfd error.
+func newLazyRAM(mem []byte, src RAMSource, onError func(error), log *logrus.Entry, opts lazyOptions) (*LazyRAM, error) {
+	if err := checkSource(src, uint64(len(mem))); err != nil {
+		return nil, err
+	}
+	if onError == nil {
+		onError = func(error) {}
+	}
+	if opts.loaders <= 0 {
+		opts.loaders = lazyLoaders
+	}
+	l := &LazyRAM{
+		mem: mem, base: uffd.Addr(mem), src: src, size: src.RAMSize(), chunk: src.ChunkSize(),
+		n: src.Chunks(), onError: onError, log: log, hold: opts.hold, quitFd: -1,
+		quit: make(chan struct{}), done: make(chan struct{}), started: time.Now(),
+	}
+	l.cond = sync.NewCond(&l.mu)
+	l.state = make([]atomic.Uint32, l.n)
+	l.requested = make([]atomic.Bool, l.n)
+	l.urgent = make(chan int, l.n)
+	if err := l.register(); err != nil {
+		l.release()
+		return nil, err
+	}
+	l.workers.Add(1 + opts.loaders)
+	go l.serveFaults()
+	for range opts.loaders {
+		go l.loader()
+	}
+	go l.supervise()
+	return l, nil
+}
+
+// checkSource refuses a source whose geometry does not cover guest RAM in
+// page-multiple chunks.
+func checkSource(src RAMSource, ramSize uint64) error {
+	page := uint64(unix.Getpagesize())
+	size, chunk, n := src.RAMSize(), src.ChunkSize(), src.Chunks()
+	switch {
+	case size != ramSize:
+		return fmt.Errorf("lazy RAM load: the snapshot has %d bytes of RAM, this VM %d", size, ramSize)
+	case chunk == 0 || chunk%page != 0 || chunk > maxLazyChunk:
+		return fmt.Errorf("lazy RAM load: chunk size %d is not a multiple of the %d-byte page up to %d", chunk, page, maxLazyChunk)
+	case size%page != 0:
+		return fmt.Errorf("lazy RAM load: RAM size %d is not a multiple of the %d-byte page", size, page)
+	case uint64(n) != (size+chunk-1)/chunk:
+		return fmt.Errorf("lazy RAM load: %d chunks of %d bytes do not cover %d bytes of RAM", n, chunk, size)
+	}
+	return nil
+}
+
+// register opens the descriptor, registers guest RAM and then empties it.
+// In this order no page can be filled between the two steps by someone
+// else: once registered, every access to an emptied page comes to us.
+func (l *LazyRAM) register() error {
+	var err error
+	if l.fd, err = uffd.Open(); err != nil {
+		return fmt.Errorf("lazy RAM load: %w", err)
+	}
+	if _, _, err := l.fd.Handshake(uffd.FeatureMissingShmem); err != nil {
+		return fmt.Errorf("lazy RAM load: %w", err)
+	}
+	ioctls, err := l.fd.Register(l.base, l.size, uffd.ModeMissing)
+	if err != nil {
+		return fmt.Errorf("lazy RAM load: register guest RAM: %w", err)
+	}
+	if want := uint64(uffd.IoctlCopy | uffd.IoctlZeroPage | uffd.IoctlWake); ioctls&want != want {
+		return fmt.Errorf("lazy RAM load: guest RAM's registration offers ioctls %#x, not COPY, ZEROPAGE and WAKE", ioctls)
+	}
+	// MADV_REMOVE frees shmem pages (MADV_DONTNEED would only unmap them
+	// and the next access would find the old page again).
+	if err := unix.Madvise(l.mem, unix.MADV_REMOVE); err != nil {
+		return fmt.Errorf("lazy RAM load: empty guest RAM: %w", err)
+	}
+	if l.quitFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return fmt.Errorf("lazy RAM load: eventfd: %w", err)
+	}
+	return nil
+}
+
+// release closes the descriptors. Closing the userfaultfd wakes every
+// thread still waiting on a fault: pages never loaded then read as zeros.
+func (l *LazyRAM) release() {
+	if l.fd != nil {
+		if err := l.fd.Close(); err != nil {
+			l.log.Errorf("lazy RAM load: %v", err)
+		}
+	}
+	if l.quitFd >= 0 {
+		unix.Close(l.quitFd)
+		l.quitFd = -1
+	}
+}
+
+// serveFaults is the fault handler: it turns page-fault events into chunk
+// requests. It takes no lock and touches no guest RAM, so no thread that
+// faults (whatever it holds) can keep it from running.
+func (l *LazyRAM) serveFaults() {
+	defer l.workers.Done()
+	msgs := make([]uffd.Msg, 64)
+	page := uint64(unix.Getpagesize())
+	for {
+		p := []unix.PollFd{{Fd: int32(l.fd.Fd()), Events: unix.POLLIN}, {Fd: int32(l.quitFd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(p, -1); err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			l.fail(fmt.Errorf("lazy RAM load: poll userfaultfd: %w", err))
+			return
+		}
+		if p[1].Revents != 0 {
+			return
+		}
+		n, err := l.fd.Read(msgs)
+		if err != nil {
+			l.fail(fmt.Errorf("lazy RAM load: %w", err))
+			return
+		}
+		for _, m := range msgs[:n] {
+			if m.Event != uffd.EventPagefault || m.Address < l.base || m.Address >= l.base+l.size {
+				l.log.Warnf("lazy RAM load: unexpected userfaultfd event %#x at %#x", m.Event, m.Address)
+				continue
+			}
+			l.faults.Add(1)
+			i := int((m.Address - l.base) / l.chunk)
+			if l.state[i].Load() == chunkPresent {
+				// Placed after the fault was queued; the copy woke the
+				// thread, and a wake of a page nobody waits on is free.
+				if err := l.fd.Wake(m.Address&^(page-1), page); err != nil {
+					l.fail(fmt.Errorf("lazy RAM load: %w", err))
+					return
+				}
+				continue
+			}
+			l.request(i)
+		}
+	}
+}
+
+// request queues chunk i for the loaders ahead of the background order.
+func (l *LazyRAM) request(i int) {
+	if l.requested[i].CompareAndSwap(false, true) {
+		l.urgent <- i // capacity n and each chunk once: never blocks
+	}
+}
+
+// loader reads and places chunks until the session ends.
+func (l *LazyRAM) loader() {
+	defer l.workers.Done()
+	buf, err := unix.Mmap(-1, 0, int(l.chunk), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		l.fail(fmt.Errorf("lazy RAM load: map a %d-byte chunk buffer: %w", l.chunk, err))
+		return
+	}
+	defer unix.Munmap(buf)
+	for {
+		i, urgent, ok := l.pick()
+		if !ok {
+			return
+		}
+		if !l.state[i].CompareAndSwap(chunkMissing, chunkClaimed) {
+			continue
+		}
+		if err := l.place(i, buf, urgent); err != nil {
+			l.fail(err)
+			return
+		}
+	}
+}
+
+// pick returns the next chunk to load: a requested one if any, else the
+// next missing one in order (once background loading may run), else it
+// waits for a request or the end.
+func (l *LazyRAM) pick() (i int, urgent, ok bool) {
+	for {
+		select {
+		case <-l.quit:
+			return 0, false, false
+		case i := <-l.urgent:
+			return i, true, true
+		default:
+		}
+		hold := l.hold
+		select {
+		case <-hold:
+			hold = nil
+		default:
+		}
+		if hold == nil {
+			for {
+				i := int(l.next.Add(1) - 1)
+				if i >= l.n {
+					break
+				}
+				if l.state[i].Load() == chunkMissing {
+					return i, false, true
+				}
+			}
+		}
+		// hold is nil once background loading may run: then only a
+		// request or the end wakes this select.
+		select {
+		case <-l.quit:
+			return 0, false, false
+		case i := <-l.urgent:
+			return i, true, true
+		case <-hold:
+		}
+	}
+}
+
+// place reads chunk i (the source verifies its CRC) and fills its pages.
+func (l *LazyRAM) place(i int, buf []byte, urgent bool) error {
+	off := uint64(i) * l.chunk
+	length := min(l.chunk, l.size-off)
+	if l.src.ChunkIsZero(i) {
+		if err := l.fill(l.base+off, nil, length); err != nil {
+			return fmt.Errorf("lazy RAM load: chunk %d: %w", i, err)
+		}
+		l.zero.Add(1)
+	} else {
+		b := buf[:length]
+		if err := l.src.ReadChunk(i, b); err != nil {
+			return fmt.Errorf("lazy RAM load: %w", err)
+		}
+		if err := l.fill(l.base+off, b, length); err != nil {
+			return fmt.Errorf("lazy RAM load: chunk %d: %w", i, err)
+		}
+	}
+	// Counted before it is marked present, so whoever Ensure releases
+	// sees it in Stats.
+	if urgent {
+		l.onDemand.Add(1)
+	}
+	last := l.loaded.Add(1) == int64(l.n)
+	l.state[i].Store(chunkPresent)
+	l.mu.Lock()
+	l.cond.Broadcast()
+	l.mu.Unlock()
+	if last {
+		l.end(nil)
+	}
+	return nil
+}
+
+// fill places length bytes at dst from src (zero pages when src is nil),
+// resuming after partial copies and keeping pages already present.
+func (l *LazyRAM) fill(dst uint64, src []byte, length uint64) error {
+	page := uint64(unix.Getpagesize())
+	done, stalls, skipped := uint64(0), 0, false
+	for done < length {
+		var n uint64
+		var err error
+		if src == nil {
+			n, err = l.fd.ZeroPage(dst+done, length-done, 0)
+		} else {
+			n, err = l.fd.Copy(dst+done, src[done:length], 0)
+		}
+		done += n
+		switch {
+		case err == nil:
+			done = length
+		case errors.Is(err, unix.EEXIST):
+			// Present already, so nobody waits on it and its content
+			// is newer than the snapshot's: keep it.
+			done += page
+			skipped = true
+		case errors.Is(err, unix.EAGAIN):
+			// Stopped part-way (at a present page, or while the
+			// address space changed): retry the rest.
+			if n == 0 {
+				if stalls++; stalls > 1000 {
+					return err
+				}
+				runtime.Gosched()
+			}
+		default:
+			return err
+		}
+	}
+	if skipped {
+		return l.fd.Wake(dst, length)
+	}
+	return nil
+}
+
+// fail reports the session's first error through onError, then ends it.
+// onError runs before any waiting thread is released, so it can stop the
+// vCPUs before they see memory that was never loaded.
+func (l *LazyRAM) fail(err error) {
+	l.mu.Lock()
+	if l.ended {
+		l.mu.Unlock()
+		return
+	}
+	l.ended, l.err = true, err
+	l.cond.Broadcast()
+	l.mu.Unlock()
+	l.log.Errorf("%v: guest RAM can no longer be served", err)
+	l.onError(err)
+	l.stop()
+}
+
+// end decides the outcome (nil: complete) unless one is decided already.
+func (l *LazyRAM) end(err error) {
+	l.mu.Lock()
+	if !l.ended {
+		l.ended, l.err = true, err
+	}
+	l.mu.Unlock()
+	l.stop()
+}
+
+// stop tells the handler and the loaders to return.
+func (l *LazyRAM) stop() {
+	l.quitOnce.Do(func() {
+		// The eventfd first: the supervisor closes it once quit is
+		// closed and the handler has returned.
+		if _, err := unix.Write(l.quitFd, []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
+			l.log.Errorf("lazy RAM load: wake the fault handler: %v", err)
+		}
+		close(l.quit)
+	})
+}
+
+// supervise tears the session down once it ended: it waits for every
+// goroutine that uses the descriptor, unregisters guest RAM if it is
+// complete, and closes the descriptor, waking any thread still waiting.
+func (l *LazyRAM) supervise() {
+	<-l.quit
+	l.workers.Wait()
+	l.mu.Lock()
+	complete := l.err == nil
+	l.mu.Unlock()
+	if complete {
+		if err := l.fd.Unregister(l.base, l.size); err != nil {
+			l.log.Errorf("lazy RAM load: %v", err)
+		}
+	}
+	l.release()
+	l.mu.Lock()
+	l.elapsed = time.Since(l.started)
+	l.cond.Broadcast()
+	l.mu.Unlock()
+	st := l.Stats()
+	if complete {
+		l.log.Infof("guest RAM loaded lazily in %v: %d chunks (%d zero, %d on demand), %d faults served",
+			st.Elapsed.Round(time.Millisecond), st.Chunks, st.Zero, st.OnDemand, st.Faults)
+	}
+	close(l.done)
+}
+
+// Done is closed when the session is over: every chunk in place, or ended
+// early by an error or by Close. Err then tells which.
+func (l *LazyRAM) Done() <-chan struct{} { return l.done }
+
+// Err is nil once guest RAM is complete, the error that ended the session
+// (also passed to onError), or ErrLazyRAMClosed. It is nil while the
+// session runs.
+func (l *LazyRAM) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// Finish blocks until the session is over and returns Err: nil means guest
+// RAM holds the whole snapshot. Used before anything may change the
+// snapshot being served (delete, overwrite, a new load) and before a save
+// reads guest RAM.
+func (l *LazyRAM) Finish() error {
+	<-l.done
+	return l.Err()
+}
+
+// Close ends the session early (a new load replaces guest RAM): loading
+// stops, the descriptor is closed and chunks never loaded read as zeros.
+// It returns once the session is torn down, which may wait for a running
+// onError: call it holding no lock onError takes. After a complete
+// session it does nothing.
+func (l *LazyRAM) Close() {
+	l.mu.Lock()
+	l.closed = true
+	if !l.ended {
+		l.ended, l.err = true, ErrLazyRAMClosed
+	}
+	l.cond.Broadcast()
+	l.mu.Unlock()
+	l.stop()
+	<-l.done
+}
+
+// Ensure makes [off, off+n) of guest RAM (offsets into the whole mapping)
+// present, waiting without faulting: Go code that copies guest RAM in bulk
+// calls it first (docs/lazy-load.md says why). It fails when the session
+// ended with an error before those chunks were placed; after Close it
+// returns at once.
+func (l *LazyRAM) Ensure(off, n uint64) error {
+	if n == 0 {
+		return nil
+	}
+	if off > l.size || n > l.size-off {
+		return fmt.Errorf("lazy RAM: range [%#x,+%#x) outside %d bytes of RAM", off, n, l.size)
+	}
+	first, last := int(off/l.chunk), int((off+n-1)/l.chunk)
+	missing := func() bool {
+		for i := first; i <= last; i++ {
+			if l.state[i].Load() != chunkPresent {
+				return true
+			}
+		}
+		return false
+	}
+	if !missing() {
+		return nil
+	}
+	for i := first; i <= last; i++ {
+		if l.state[i].Load() != chunkPresent {
+			l.request(i)
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for missing() {
+		switch {
+		case l.closed:
+			return nil
+		case l.ended && l.err != nil:
+			return fmt.Errorf("guest RAM [%#x,+%#x) was never loaded: %w", off, n, l.err)
+		}
+		l.cond.Wait()
+	}
+	return nil
+}
+
+// Stats reports the session's progress.
+func (l *LazyRAM) Stats() LazyRAMStats {
+	l.mu.Lock()
+	el := l.elapsed
+	l.mu.Unlock()
+	if el == 0 {
+		el = time.Since(l.started)
+	}
+	return LazyRAMStats{Chunks: l.n, Loaded: int(l.loaded.Load()), Zero: int(l.zero.Load()),
+		OnDemand: int(l.onDemand.Load()), Faults: int(l.faults.Load()), Elapsed: el}
+}

@@ -1,0 +1,145 @@
+package vmm
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/snapvmm/snapvmm/internal/testutil"
+)
+
+// lazyChunk is the chunk size of the snapshot format's RAM.
+const lazyChunk = 2 << 20
+
+// captureRAM pauses vm and returns a RAMSource over a copy of its RAM.
+func captureRAM(t *testing.T, vm *VM) *memSource {
+	t.Helper()
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	return newMemSource(append([]byte(nil), vm.RAM()...), lazyChunk)
+}
+
+// pausedCounter runs a counter guest past its first line, pauses it and
+// captures its RAM; it returns the counter's address too.
+func pausedCounter(t *testing.T) (*VM, *syncBuffer, uint64, *memSource) {
+	t.Helper()
+	vm, out := newGuestVM(t, "counter", 1)
+	needLazyRAM(t)
+	if err := vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "counter 4194304\n", testutil.Scaled(30*time.Second))
+	return vm, out, symbol(t, "counter", "counter"), captureRAM(t, vm)
+}
+
+// TestLazyRAMCounterContinues empties a paused counter guest's RAM and
+// resumes it with only faults loading chunks: the vCPU's accesses inside
+// KVM_RUN are served by the handler and the guest counts on from where it
+// was paused.
+func TestLazyRAMCounterContinues(t *testing.T) {
+	vm, out, addr, src := pausedCounter(t)
+	c := readU64(t, vm, addr)
+	hold := make(chan struct{})
+	l, err := vm.startLazyRAM(src, func(err error) { t.Errorf("onError: %v", err) }, lazyOptions{hold: hold})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := len(out.String())
+	if err := vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("counter %d\n", (c>>22+1)<<22)
+	out.waitFor(t, want, testutil.Scaled(30*time.Second))
+	// The pause may have come in the middle of a line: the first whole
+	// line after it must be the next one.
+	after := out.String()[mark:]
+	if i := strings.Index(after, "counter "); i < 0 || !strings.HasPrefix(after[i:], want) {
+		t.Fatalf("after the lazy load the guest printed %q, want %q first", after, want)
+	}
+	st := l.Stats()
+	if st.Faults == 0 || st.OnDemand == 0 || st.Loaded == st.Chunks {
+		t.Fatalf("%+v: want the guest's faults to have loaded some chunks, not all", st)
+	}
+	close(hold)
+	if err := l.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readU64(t, vm, addr); got <= c {
+		t.Fatalf("counter %d after the lazy load, paused at %d", got, c)
+	}
+}
+
+// TestLazyRAMFillGuestPagesAsSaved serves a fill guest's RAM (random pages
+// spread over all of it) while the guest runs: once populated, RAM is
+// exactly what was captured (the guest only spins after filling).
+func TestLazyRAMFillGuestPagesAsSaved(t *testing.T) {
+	vm, out := newGuestVM(t, "fill", 1)
+	needLazyRAM(t)
+	if err := vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "fill ready\n", testutil.Scaled(60*time.Second))
+	src := captureRAM(t, vm)
+	saved := append([]byte(nil), src.data...)
+	l, err := vm.StartLazyRAM(src, func(err error) { t.Errorf("onError: %v", err) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if vm.State() != StatePaused {
+		t.Fatalf("VM %v after the lazy load", vm.State())
+	}
+	if !bytes.Equal(vm.RAM(), saved) {
+		t.Fatalf("RAM after the lazy load differs from the capture at +%#x", mismatch(vm.RAM(), saved))
+	}
+	if st := l.Stats(); st.Loaded != st.Chunks || st.Zero == st.Chunks {
+		t.Fatalf("%+v: want every chunk, not all zero", st)
+	}
+}
+
+// TestLazyRAMCorruptChunkStopsVM corrupts the chunk holding the counter
+// guest's code and data: the first fault finds the CRC mismatch, onError
+// stops the VM with the error, and the vCPU blocked on that fault ends
+// without running another guest instruction.
+func TestLazyRAMCorruptChunkStopsVM(t *testing.T) {
+	vm, out, addr, src := pausedCounter(t)
+	bad := int(addr / lazyChunk)
+	src.corrupt(bad)
+	hold := make(chan struct{})
+	defer close(hold)
+	l, err := vm.startLazyRAM(src, func(err error) { vm.requestExit(ExitError, err) }, lazyOptions{hold: hold})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := len(out.String())
+	if err := vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	exit, ok := vm.WaitTimeout(testutil.Scaled(30 * time.Second))
+	if !ok {
+		t.Fatalf("the VM did not stop after the CRC error (lazy load %+v, err %v)", l.Stats(), l.Err())
+	}
+	if exit.Kind != ExitError || exit.Err == nil || !strings.Contains(exit.Err.Error(), fmt.Sprintf("chunk %d", bad)) {
+		t.Fatalf("exit %v: %v; want an error naming chunk %d", exit.Kind, exit.Err, bad)
+	}
+	if err := l.Finish(); err == nil || !strings.Contains(err.Error(), "CRC32C") {
+		t.Fatalf("Finish: %v", err)
+	}
+	if after := out.String()[mark:]; strings.Contains(after, "counter") {
+		t.Fatalf("the guest ran on after the CRC error: %q", after)
+	}
+}

@@ -1,0 +1,117 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/snapvmm/snapvmm/internal/uffd"
+)
+
+// StartLazyRAM replaces the paused VM's RAM with src, served on demand: it
+// returns once guest RAM is emptied and registered, before any chunk is
+// read, so the VM may resume at once; faults and a background pass fill
+// it. onError gets the first read, CRC or userfaultfd error, once, on a
+// loader goroutine, while every thread that waits for a missing page still
+// waits: it should request the VM's stop (an internal error) and return
+// without waiting for vCPUs or devices, which may be blocked on a page.
+// Then those threads are released and never-loaded pages read as zeros;
+// a vCPU released that way sees its stop request before it re-enters the
+// guest. A session still running is closed first. Callers fall back to an
+// eager load where LazyRAMSupported says no.
+func (vm *VM) StartLazyRAM(src RAMSource, onError func(error)) (*LazyRAM, error) {
+	return vm.startLazyRAM(src, onError, lazyOptions{})
+}
+
+func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions) (*LazyRAM, error) {
+	if s := vm.State(); s.Running() || s == StateShutdown {
+		return nil, fmt.Errorf("lazy RAM load: VM is %s, not stopped", s)
+	}
+	vm.endLazyRAM()
+	l, err := newLazyRAM(vm.mem.Bytes(), src, onError, vm.log, opts)
+	if err != nil {
+		return nil, err
+	}
+	vm.lazy.Store(l)
+	return l, nil
+}
+
+// endLazyRAM closes the VM's lazy RAM session, if any, before something
+// replaces or frees guest RAM.
+func (vm *VM) endLazyRAM() {
+	if l := vm.lazy.Swap(nil); l != nil {
+		l.Close()
+	}
+}
+
+// deviceMem is guest RAM as the devices see it: during a lazy RAM load a
+// slice is made present before it is handed out, so device goroutines copy
+// guest RAM without faulting (docs/lazy-load.md: a goroutine blocked on a
+// fault inside a bulk copy keeps its P and can stall the Go runtime).
+type deviceMem struct{ vm *VM }
+
+// Slice implements virtio.Memory.
+func (m deviceMem) Slice(gpa, n uint64) ([]byte, error) {
+	off, err := m.vm.layout.Offset(gpa, n)
+	if err != nil {
+		return nil, err
+	}
+	if l := m.vm.lazy.Load(); l != nil {
+		if err := l.Ensure(off, n); err != nil {
+			return nil, err
+		}
+	}
+	return m.vm.mem.Bytes()[off : off+n : off+n], nil
+}
+
+var lazySupport struct {
+	once   sync.Once
+	ok     bool
+	reason string
+}
+
+// LazyRAMSupported reports whether this host can serve guest RAM through
+// userfaultfd (MISSING mode on shared anonymous memory, with COPY,
+// ZEROPAGE and WAKE), and why not. It probes once per process.
+func LazyRAMSupported() (bool, string) {
+	lazySupport.once.Do(func() {
+		if err := probeLazyRAM(); err != nil {
+			lazySupport.reason = err.Error()
+			return
+		}
+		lazySupport.ok = true
+	})
+	return lazySupport.ok, lazySupport.reason
+}
+
+// probeLazyRAM registers one page of shared anonymous memory the way a
+// session registers guest RAM.
+func probeLazyRAM() error {
+	f, err := uffd.Open()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, _, err := f.Handshake(uffd.FeatureMissingShmem); err != nil {
+		if errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("userfaultfd cannot serve shared memory on this kernel (no UFFD_FEATURE_MISSING_SHMEM): %w", err)
+		}
+		return err
+	}
+	page := unix.Getpagesize()
+	b, err := unix.Mmap(-1, 0, page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return fmt.Errorf("map a probe page: %w", err)
+	}
+	defer unix.Munmap(b)
+	ioctls, err := f.Register(uffd.Addr(b), uint64(page), uffd.ModeMissing)
+	if err != nil {
+		return err
+	}
+	if want := uint64(uffd.IoctlCopy | uffd.IoctlZeroPage | uffd.IoctlWake); ioctls&want != want {
+		return fmt.Errorf("userfaultfd on shared memory offers ioctls %#x, not COPY, ZEROPAGE and WAKE", ioctls)
+	}
+	return f.Unregister(uffd.Addr(b), uint64(page))
+}
