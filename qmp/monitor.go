@@ -105,6 +105,14 @@ func event(e control.Event) (Event, bool) {
 	case control.EventGuestPanicked:
 		q.Name = "GUEST_PANICKED"
 		q.Data = map[string]any{"action": "poweroff"}
+	case control.EventRAMPopulated:
+		// A downstream extension (QMP's __RFQDN_ prefix): QEMU has no
+		// lazy load to report.
+		q.Name = "__org.snapvmm_RAM_POPULATED"
+		q.Data = map[string]any{"node": e.Node, "tag": e.Tag}
+	case control.EventRAMLoadFailed:
+		q.Name = "__org.snapvmm_RAM_LOAD_FAILED"
+		q.Data = map[string]any{"node": e.Node, "tag": e.Tag, "error": fmt.Sprint(e.Err)}
 	case control.EventJobStatus:
 		q.Name = "JOB_STATUS_CHANGE"
 		q.Data = map[string]any{"status": string(e.JobStatus), "id": e.JobID}

@@ -12,21 +12,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snapvmm/snapvmm/internal/uffd"
+	"github.com/snapvmm/snapvmm/snapshot"
 )
 
-// RAMSource serves the guest RAM of a snapshot chunk by chunk. It is the
-// contract of snapshot.RAMSource (docs/lazy-load.md), declared here so the
-// lazy loader builds on its own; the two are meant to become one type.
-type RAMSource interface {
-	RAMSize() uint64        // bytes of guest RAM (below 4 GiB, then above, as one range)
-	ChunkSize() uint64      // every chunk but the last has this size
-	Chunks() int            // number of chunks
-	ChunkIsZero(i int) bool // the chunk is all zeros (nothing stored): serve with zero pages
-	// ReadChunk reads chunk i into dst (len(dst) == that chunk's length),
-	// verifies its CRC32C and returns an error naming the chunk on a
-	// mismatch or read failure. Safe for concurrent use.
-	ReadChunk(i int, dst []byte) error
-}
+// RAMSource serves the guest RAM of a snapshot chunk by chunk, each chunk
+// checked against its CRC32C (docs/lazy-load.md).
+type RAMSource = snapshot.RAMSource
 
 // ErrLazyRAMClosed is a lazy RAM session's result when Close ended it
 // before every chunk was in place.

@@ -106,6 +106,9 @@ func (vm *VM) RestoreCPUs(cpus []*kvm.VCPUState, vms *kvm.VMState) error {
 
 // SaveState writes the paused VM's state stream to w, sequentially.
 func (vm *VM) SaveState(w io.Writer, progress snapshot.Progress) (uint64, error) {
+	if err := vm.finishLazyRAM(); err != nil {
+		return 0, err
+	}
 	return snapshot.SaveStream(vm, w, snapshot.SaveOptions{Progress: progress})
 }
 
@@ -114,6 +117,9 @@ func (vm *VM) SaveState(w io.Writer, progress snapshot.Progress) (uint64, error)
 // offsets from parallel writers and all-zero clusters stay unallocated;
 // otherwise the stream is written in order.
 func (vm *VM) SaveStateTo(dst block.Snapshotter, progress snapshot.Progress) (uint64, error) {
+	if err := vm.finishLazyRAM(); err != nil {
+		return 0, err
+	}
 	if area, ok := dst.(block.VMStateArea); ok {
 		return saveToArea(vm, area, progress)
 	}
@@ -152,8 +158,11 @@ func saveToArea(m snapshot.Machine, area block.VMStateArea, progress snapshot.Pr
 		Granule: min(max(area.ClusterSize(), snapshot.PageSize), snapshot.ChunkSize), Prepare: area.BeginVMState})
 }
 
-// LoadState restores a state stream into the paused VM.
+// LoadState restores a state stream into the paused VM, all of guest RAM
+// before it returns. A lazy load still serving RAM is ended first: its
+// pages are about to be replaced.
 func (vm *VM) LoadState(r io.ReaderAt, size uint64) error {
+	vm.endLazyRAM()
 	return snapshot.Load(vm, r, size)
 }
 

@@ -30,6 +30,7 @@ type runOpts struct {
 	noPVMWorkarounds           bool
 	drives, qmps               []string
 	loadvm                     string
+	loadMode                   string
 }
 
 func newRunCmd() *cobra.Command {
@@ -79,6 +80,9 @@ Examples:
 		"block node: file=PATH[,format=qcow2|raw][,node-name=NAME][,if=none][,readonly=on] (repeatable)")
 	f.StringArrayVar(&o.qmps, "qmp", nil, "QMP monitor: unix:PATH (socket mode 0600) or tcp:[HOST]:PORT (default host 127.0.0.1); repeatable")
 	f.StringVar(&o.loadvm, "loadvm", "", "restore snapshot TAG from the drives at start, like QEMU's -loadvm")
+	f.StringVar(&o.loadMode, "load-mode", "lazy", "how snapshot-load and --loadvm restore guest RAM: lazy (the guest runs at once, RAM\n"+
+		"is served on demand and filled in the background) or eager (all RAM copied first, as QEMU does); lazy falls\n"+
+		"back to eager, saying so once, where the kernel offers no userfaultfd or the snapshot has no fixed RAM layout")
 	f.BoolVar(&o.noPVMWorkarounds, "no-pvm-workarounds", false,
 		"on a PVM host, do not append the options that keep Linux off unsupported instructions")
 	return cmd
@@ -91,6 +95,10 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 	}
 	if o.kernel == "" {
 		return usagef("run: --kernel is required (see snapvmm run --help)")
+	}
+	loadMode, err := parseLoadMode(o.loadMode, log)
+	if err != nil {
+		return err
 	}
 	mem, err := parseSize(o.memory)
 	if err != nil {
@@ -186,6 +194,8 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 	}
 
 	mon := control.New(vm, reg)
+	mon.SetLog(log)
+	mon.SetLoadMode(loadMode)
 	srv := qmp.NewServer(qmp.NewMonitor(mon), version, nil)
 	defer srv.Close()
 	// The VM starts before any monitor listens, so that a client's first
@@ -277,4 +287,20 @@ type crlfWriter struct{ w io.Writer }
 func (c crlfWriter) Write(p []byte) (int, error) {
 	_, err := c.w.Write([]byte(strings.ReplaceAll(string(p), "\n", "\r\n")))
 	return len(p), err
+}
+
+// parseLoadMode resolves --load-mode; lazy falls back to eager, with one
+// log line, where userfaultfd cannot serve guest RAM.
+func parseLoadMode(s string, log *logrus.Entry) (control.LoadMode, error) {
+	switch s {
+	case "eager":
+		return control.LoadEager, nil
+	case "lazy":
+		if ok, why := vmm.LazyRAMSupported(); !ok {
+			log.Infof("--load-mode lazy: userfaultfd cannot serve guest RAM here (%s): snapshots load eagerly", why)
+			return control.LoadEager, nil
+		}
+		return control.LoadLazy, nil
+	}
+	return 0, usagef("--load-mode %q: want lazy or eager", s)
 }

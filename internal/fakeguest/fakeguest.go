@@ -195,6 +195,11 @@ func (g *Guest) Reset() error {
 	return err
 }
 
+// LoadStateLazy implements control.Guest: the fake always loads eagerly.
+func (g *Guest) LoadStateLazy(io.ReaderAt, uint64, func(error)) (*vmm.LazyRAM, error) {
+	return nil, nil
+}
+
 // LoadState implements control.Guest.
 func (g *Guest) LoadState(r io.ReaderAt, size uint64) error {
 	b, err := read(r, size)

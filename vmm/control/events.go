@@ -16,7 +16,8 @@ const (
 	EventReset                              // the VM was reset: Guest, Reason
 	EventGuestPanicked                      // the guest reported a crash
 	EventJobStatus                          // JobID went to JobStatus
-	EventRAMPopulated                       // a lazily loaded snapshot's RAM is all in place: JobID
+	EventRAMPopulated                       // a lazily loaded snapshot's RAM is all in place: Node, Tag
+	EventRAMLoadFailed                      // a lazy load found a bad RAM chunk; the VM stopped: Node, Tag, Err
 )
 
 // Reason says why the VM shut down or was reset.
@@ -40,6 +41,8 @@ type Event struct {
 	Reason    Reason // EventShutdown, EventReset
 	JobID     string // EventJobStatus
 	JobStatus JobStatus
+	Node, Tag string // EventRAMPopulated, EventRAMLoadFailed
+	Err       error  // EventRAMLoadFailed
 }
 
 // hub fans events out to subscribers in the order they are emitted.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/sirupsen/logrus"
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/snapshot"
 	"github.com/snapvmm/snapvmm/vmm"
@@ -30,6 +31,10 @@ type Guest interface {
 	SaveStateTo(dst block.Snapshotter, p snapshot.Progress) (uint64, error)
 	VerifyState(r io.ReaderAt, size uint64) error
 	LoadState(r io.ReaderAt, size uint64) error
+	// LoadStateLazy restores all but RAM and serves RAM on demand; nil
+	// (with no error and no change) where it cannot, so the caller loads
+	// eagerly.
+	LoadStateLazy(r io.ReaderAt, size uint64, onError func(error)) (*vmm.LazyRAM, error)
 	Reset() error
 }
 
@@ -49,11 +54,16 @@ type Monitor struct {
 
 	quitOnce sync.Once
 	quitting chan struct{} // closed by Quit: the SHUTDOWN was reported there
+
+	// Guarded by runMu.
+	loadMode LoadMode
+	held     *hold // the snapshot a lazy load still reads, if any
+	log      *logrus.Entry
 }
 
 // New makes a monitor for a guest and its block nodes.
 func New(g Guest, reg *block.Registry) *Monitor {
-	m := &Monitor{guest: g, reg: reg, quitting: make(chan struct{})}
+	m := &Monitor{guest: g, reg: reg, quitting: make(chan struct{}), log: logrus.NewEntry(logrus.StandardLogger())}
 	m.jobs = NewJobs(m.emit)
 	g.OnStateChange(m.stateChanged)
 	go m.watchShutdown()

@@ -142,6 +142,7 @@ func (m *Monitor) saveSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 	if overwrite {
 		for _, n := range writable(nodes) {
 			if _, ok := n.FindSnapshot(tag); ok {
+				m.release(n, tag)
 				if err := n.DeleteSnapshot(tag); err != nil {
 					return &Error{Kind: KindDelete, Tag: tag, Node: n.Name(), Err: err}
 				}
@@ -231,8 +232,18 @@ func (m *Monitor) loadSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 	if ctx != nil {
 		ctx.Progress(0, sn.VMStateSize)
 	}
-	if err := m.guest.LoadState(r, sn.VMStateSize); err != nil {
-		return &Error{Kind: KindLoadState, Err: err}
+	// The new load replaces whatever an earlier lazy load still serves.
+	m.held = nil
+	lazy := false
+	if m.loadMode == LoadLazy {
+		if lazy, err = m.loadLazily(r, vs, sn); err != nil {
+			return &Error{Kind: KindLoadState, Err: err}
+		}
+	}
+	if !lazy {
+		if err := m.guest.LoadState(r, sn.VMStateSize); err != nil {
+			return &Error{Kind: KindLoadState, Err: err}
+		}
 	}
 	if ctx != nil {
 		ctx.Progress(sn.VMStateSize, sn.VMStateSize)
@@ -254,6 +265,7 @@ func (m *Monitor) deleteSnapshot(tag string, devices []string) error {
 	}
 	for _, n := range writable(nodes) {
 		if _, ok := n.FindSnapshot(tag); ok {
+			m.release(n, tag)
 			if err := n.DeleteSnapshot(tag); err != nil {
 				return &Error{Kind: KindDelete, Tag: tag, Node: n.Name(), Err: err}
 			}
