@@ -30,6 +30,10 @@ type SaveOptions struct {
 	// first write: the place to make unwritten ranges of the target read
 	// as zeros and to reserve its space.
 	Prepare func(size uint64) error
+	// Freeze, when set, gives RAM chunk i as it was when the machine was
+	// captured (a live save: the guest ran on since). live is the chunk in
+	// guest RAM; done is called once the returned bytes are written.
+	Freeze func(i int, live []byte) (frozen []byte, done func(), err error)
 }
 
 // ramIndexEntry is one chunk of the format-2 RAM index.
@@ -195,6 +199,11 @@ func Save(m Machine, w io.WriterAt, opts SaveOptions) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("save VM state: %w", err)
 	}
+	return p.write(w, opts)
+}
+
+// write is Save once the plan is made.
+func (p *plan) write(w io.WriterAt, opts SaveOptions) (uint64, error) {
 	g := opts.Granule
 	if g == 0 {
 		g = PageSize
@@ -218,8 +227,16 @@ func Save(m Machine, w io.WriterAt, opts SaveOptions) (uint64, error) {
 			opts.Progress(done, p.size())
 		}
 	}
-	err = p.eachChunk(opts.Writers, func(i int) error {
+	err := p.eachChunk(opts.Writers, func(i int) error {
 		c := p.chunk(i)
+		if opts.Freeze != nil {
+			frozen, done, err := opts.Freeze(i, c)
+			if err != nil {
+				return fmt.Errorf("RAM chunk %d: %w", i, err)
+			}
+			defer done()
+			c = frozen
+		}
 		base := p.ramBase + uint64(i)*ChunkSize
 		zero := true
 		for off := uint64(0); off < uint64(len(c)); off += g {

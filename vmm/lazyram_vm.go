@@ -63,6 +63,11 @@ func (m deviceMem) Slice(gpa, n uint64) ([]byte, error) {
 			return nil, err
 		}
 	}
+	if s := m.vm.live.Load(); s != nil {
+		if err := s.ram.ensure(off, n); err != nil {
+			return nil, err
+		}
+	}
 	return m.vm.mem.Bytes()[off : off+n : off+n], nil
 }
 

@@ -194,7 +194,9 @@ func (vm *VM) quiesce() error {
 // unquiesce undoes quiesce: devices first, then the vCPUs. vm.mu is held.
 func (vm *VM) unquiesce() {
 	for _, b := range vm.blks {
-		b.Resume()
+		if !vm.disksHeld {
+			b.Resume()
+		}
 	}
 	vm.req = reqNone
 	vm.cond.Broadcast()
@@ -287,6 +289,7 @@ func (vm *VM) Close() error {
 	vm.closed = true
 	vm.mu.Unlock()
 	vm.endLazyRAM()
+	vm.endLiveSave()
 	var errs []error
 	for _, b := range vm.blks {
 		b.Close()

@@ -154,8 +154,7 @@ func saveToArea(m snapshot.Machine, area block.VMStateArea, progress snapshot.Pr
 			err = eerr
 		}
 	}()
-	return snapshot.Save(m, vmStateAt{area}, snapshot.SaveOptions{Progress: progress,
-		Granule: min(max(area.ClusterSize(), snapshot.PageSize), snapshot.ChunkSize), Prepare: area.BeginVMState})
+	return snapshot.Save(m, vmStateAt{area}, areaOptions(area, progress))
 }
 
 // LoadState restores a state stream into the paused VM, all of guest RAM

@@ -139,6 +139,12 @@ type VM struct {
 	// lazy is the session serving guest RAM on demand after a lazy load
 	// (lazyram.go), or nil.
 	lazy atomic.Pointer[LazyRAM]
+
+	// live is the live save writing guest RAM, or nil (livesave.go); while
+	// disksHeld (under mu) the virtio-blk devices stay drained even when
+	// the VM runs, so the disks keep their content of the capture.
+	live      atomic.Pointer[LiveSave]
+	disksHeld bool
 }
 
 // ErrBadConfig marks configuration errors a user can fix (bad size, too

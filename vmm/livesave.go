@@ -1,0 +1,196 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/snapvmm/snapvmm/block"
+	"github.com/snapvmm/snapvmm/internal/uffd"
+	"github.com/snapvmm/snapvmm/snapshot"
+)
+
+// ErrLiveSaveUnsupported marks a live save this host or target cannot do:
+// the caller saves with the guest paused instead.
+var ErrLiveSaveUnsupported = errors.New("live save unavailable")
+
+// LiveSave is a snapshot-save whose guest runs while its RAM is written
+// (docs/live-save.md). BeginLiveSave captures the stopped VM and
+// write-protects its RAM; the caller resumes the guest, waits for Wait,
+// creates the disk snapshots and calls Release, which lets the guest's
+// disk requests through again: until then the disks hold their content
+// of the capture.
+type LiveSave struct {
+	vm       *VM
+	area     block.VMStateArea
+	cap      *snapshot.Captured
+	ram      *liveRAM
+	progress snapshot.Progress
+	aborted  atomic.Bool
+
+	done    chan struct{}
+	size    uint64
+	err     error
+	elapsed time.Duration
+
+	releaseOnce sync.Once
+}
+
+// liveOptions are test hooks.
+type liveOptions struct {
+	// noWP leaves guest RAM unprotected: the writer copies RAM as the
+	// guest changes it, and the snapshot is torn (tests prove they see it).
+	noWP bool
+}
+
+// BeginLiveSave captures the stopped VM's vCPUs, irqchip, PIT, clock and
+// devices, holds its disks' requests, write-protects guest RAM and starts
+// writing the stream into dst's vmstate area. It returns at once: the
+// caller resumes the VM. An error wrapping ErrLiveSaveUnsupported means
+// nothing changed and a paused save is the way.
+func (vm *VM) BeginLiveSave(dst block.Snapshotter, progress snapshot.Progress) (*LiveSave, error) {
+	return vm.beginLiveSave(dst, progress, liveOptions{})
+}
+
+func (vm *VM) beginLiveSave(dst block.Snapshotter, progress snapshot.Progress, opts liveOptions) (*LiveSave, error) {
+	if s := vm.State(); s.Running() || s == StateShutdown {
+		return nil, fmt.Errorf("live save: VM is %s, not stopped", s)
+	}
+	area, ok := dst.(block.VMStateArea)
+	if !ok {
+		return nil, fmt.Errorf("%w: node %q cannot hold a vmstate at fixed offsets", ErrLiveSaveUnsupported, dst.Name())
+	}
+	if err := vm.finishLazyRAM(); err != nil {
+		return nil, err
+	}
+	cap, err := snapshot.Capture(vm)
+	if err != nil {
+		return nil, err
+	}
+	ram, err := newLiveRAM(vm.mem.Bytes(), snapshot.ChunkSize, !opts.noWP, vm.log)
+	if err != nil {
+		return nil, err
+	}
+	s := &LiveSave{vm: vm, area: area, cap: cap, ram: ram, progress: progress, done: make(chan struct{})}
+	vm.mu.Lock()
+	vm.disksHeld = true
+	vm.mu.Unlock()
+	vm.live.Store(s)
+	go s.run()
+	return s, nil
+}
+
+func (s *LiveSave) run() {
+	start := time.Now()
+	n, err := s.write()
+	s.vm.live.CompareAndSwap(s, nil)
+	if cerr := s.ram.close(); err == nil {
+		err = cerr
+	}
+	s.size, s.err, s.elapsed = n, err, time.Since(start)
+	if err == nil {
+		s.vm.log.Debugf("live save: %d bytes written in %v; %d chunks copied ahead of the writer (%d write faults)",
+			n, s.elapsed.Round(time.Millisecond), s.ram.copied.Load(), s.ram.faults.Load())
+	}
+	close(s.done)
+}
+
+func (s *LiveSave) write() (n uint64, err error) {
+	defer func() {
+		if eerr := s.area.EndVMState(); err == nil && eerr != nil {
+			err = eerr
+		}
+	}()
+	opts := areaOptions(s.area, s.progress)
+	opts.Freeze = func(i int, live []byte) ([]byte, func(), error) {
+		if s.aborted.Load() {
+			return nil, nil, errLiveAborted
+		}
+		return s.ram.freeze(i, live)
+	}
+	return s.cap.Save(vmStateAt{s.area}, opts)
+}
+
+// areaOptions are Save's options for a qcow2 vmstate area: writes in
+// whole clusters, unwritten clusters left unallocated.
+func areaOptions(area block.VMStateArea, progress snapshot.Progress) snapshot.SaveOptions {
+	return snapshot.SaveOptions{Progress: progress, Prepare: area.BeginVMState,
+		Granule: min(max(area.ClusterSize(), snapshot.PageSize), snapshot.ChunkSize)}
+}
+
+// Size is the stream's length, known from the capture.
+func (s *LiveSave) Size() uint64 { return s.cap.Size() }
+
+// Wait returns the stream's length once all of it is written, or why it
+// could not be; guest RAM is unprotected either way.
+func (s *LiveSave) Wait() (uint64, error) {
+	<-s.done
+	if s.err != nil {
+		return 0, fmt.Errorf("live save: %w", s.err)
+	}
+	return s.size, nil
+}
+
+// Release lets the guest's disk requests through again. Call it once the
+// disk snapshots exist, or once the save failed; later calls do nothing.
+func (s *LiveSave) Release() {
+	s.releaseOnce.Do(func() {
+		vm := s.vm
+		vm.mu.Lock()
+		defer vm.mu.Unlock()
+		vm.disksHeld = false
+		if vm.state == StateRunning {
+			for _, b := range vm.blks {
+				b.Resume()
+			}
+		}
+	})
+}
+
+// endLiveSave stops a live save in progress and waits for its writer:
+// guest RAM is about to be unmapped.
+func (vm *VM) endLiveSave() {
+	if s := vm.live.Load(); s != nil {
+		s.aborted.Store(true)
+		<-s.done
+		s.Release()
+	}
+}
+
+var liveSupport struct {
+	once   sync.Once
+	ok     bool
+	reason string
+}
+
+// LiveSaveSupported reports whether this host can write-protect guest RAM
+// with userfaultfd (WP mode on shared anonymous memory), and why not. It
+// probes once per process.
+func LiveSaveSupported() (bool, string) {
+	liveSupport.once.Do(func() {
+		if err := probeLiveSave(); err != nil {
+			liveSupport.reason = err.Error()
+			return
+		}
+		liveSupport.ok = true
+	})
+	return liveSupport.ok, liveSupport.reason
+}
+
+// probeLiveSave protects one page of shared anonymous memory the way a
+// live save protects guest RAM.
+func probeLiveSave() error {
+	b, err := unix.Mmap(-1, 0, pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return fmt.Errorf("map a probe page: %w", err)
+	}
+	defer unix.Munmap(b)
+	l := &liveRAM{mem: b, base: uffd.Addr(b), quitFd: -1, log: logrus.NewEntry(logrus.StandardLogger())}
+	defer l.release()
+	return l.register()
+}
