@@ -20,6 +20,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"run", "--kernel", notKernel, "--cpus", "0"},
 		{"run", "--kernel", notKernel, "--serial", "tcp:1"},
 		{"run", "--bogus"},
+		{"run", "--kernel", "../../testdata/guests/hello", "--save-mode", "lazy"}, // refused before the VM is built
 		{"img", "create", "-f", "vmdk", filepath.Join(dir, "x"), "1M"},
 		{"img", "snapshot", filepath.Join(dir, "x")},
 		{"nosuchcommand"},

@@ -31,6 +31,7 @@ type runOpts struct {
 	drives, qmps               []string
 	loadvm                     string
 	loadMode                   string
+	saveMode                   string
 }
 
 func newRunCmd() *cobra.Command {
@@ -83,6 +84,10 @@ Examples:
 	f.StringVar(&o.loadMode, "load-mode", "lazy", "how snapshot-load and --loadvm restore guest RAM: lazy (the guest runs at once, RAM\n"+
 		"is served on demand and filled in the background) or eager (all RAM copied first, as QEMU does); lazy falls\n"+
 		"back to eager, saying so once, where the kernel offers no userfaultfd or the snapshot has no fixed RAM layout")
+	f.StringVar(&o.saveMode, "save-mode", "live", "how snapshot-save and savevm treat a running guest: live (paused only a few\n"+
+		"milliseconds to capture vCPUs, devices and disks; RAM is written while the guest runs) or paused (for the\n"+
+		"whole save, as QEMU does); live falls back to paused, saying so once, where the kernel cannot write-protect\n"+
+		"guest RAM (userfaultfd WP on shared memory)")
 	f.BoolVar(&o.noPVMWorkarounds, "no-pvm-workarounds", false,
 		"on a PVM host, do not append the options that keep Linux off unsupported instructions")
 	return cmd
@@ -95,6 +100,10 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 	}
 	if o.kernel == "" {
 		return usagef("run: --kernel is required (see snapvmm run --help)")
+	}
+	saveMode, err := parseSaveMode(o.saveMode, log)
+	if err != nil {
+		return err
 	}
 	loadMode, err := parseLoadMode(o.loadMode, log)
 	if err != nil {
@@ -196,6 +205,7 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 	mon := control.New(vm, reg)
 	mon.SetLog(log)
 	mon.SetLoadMode(loadMode)
+	mon.SetSaveMode(saveMode)
 	srv := qmp.NewServer(qmp.NewMonitor(mon), version, nil)
 	defer srv.Close()
 	// The VM starts before any monitor listens, so that a client's first
@@ -303,4 +313,20 @@ func parseLoadMode(s string, log *logrus.Entry) (control.LoadMode, error) {
 		return control.LoadLazy, nil
 	}
 	return 0, usagef("--load-mode %q: want lazy or eager", s)
+}
+
+// parseSaveMode resolves --save-mode; live falls back to paused, with one
+// log line, where guest RAM cannot be write-protected.
+func parseSaveMode(s string, log *logrus.Entry) (control.SaveMode, error) {
+	switch s {
+	case "paused":
+		return control.SavePaused, nil
+	case "live":
+		if ok, why := vmm.LiveSaveSupported(); !ok {
+			log.Infof("--save-mode live: guest RAM cannot be write-protected here (%s): the guest stays paused while snapshots are saved", why)
+			return control.SavePaused, nil
+		}
+		return control.SaveLive, nil
+	}
+	return 0, usagef("--save-mode %q: want live or paused", s)
 }

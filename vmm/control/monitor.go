@@ -57,6 +57,7 @@ type Monitor struct {
 
 	// Guarded by runMu.
 	loadMode LoadMode
+	saveMode SaveMode
 	held     *hold // the snapshot a lazy load still reads, if any
 	log      *logrus.Entry
 }

@@ -154,6 +154,11 @@ func (m *Monitor) saveSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 			ctx.Progress(done, total)
 		}
 	}
+	if wasRunning && m.saveMode == SaveLive {
+		if handled, err := m.saveLive(ctx, vs, writable(nodes), tag, progress); handled {
+			return err
+		}
+	}
 	size, err := m.guest.SaveStateTo(vs, progress)
 	if err != nil {
 		return &Error{Kind: KindSaveState, Err: err}
