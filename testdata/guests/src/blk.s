@@ -3,7 +3,10 @@
 # (queue of 8), writes `pattern` to sector 16, reads it back into `readbuf`
 # and prints "blk: round trip ok". Then it re-reads the sector forever,
 # printing "blk verify ok" or "blk verify MISMATCH" each time, so a test can
-# change the disk or RAM and see what the guest sees.
+# change the disk or RAM and see what the guest sees. With `blk_mode` set
+# (a test sets it before the guest starts) it instead writes sector 16
+# forever, each time with the next value of `wcount` in its first 8 bytes,
+# stored to `wcount` before the request is submitted.
 	.code64
 	.set	MMIO, 0xd0000000
 	.set	SECTOR, 16
@@ -82,6 +85,8 @@ user_main:
 	jnz	fail
 	lea	rtok(%rip), %rdi
 	call	puts
+	cmpq	$0, blk_mode(%rip)
+	jne	writer
 
 2:	mov	$0x2000000, %ecx		# spin, then verify again
 3:	dec	%ecx
@@ -92,6 +97,21 @@ user_main:
 	lea	vbad(%rip), %rdi
 4:	call	puts
 	jmp	2b
+
+writer:	lea	wrun(%rip), %rdi
+	call	puts
+5:	mov	wcount(%rip), %rax
+	inc	%rax
+	mov	%rax, wcount(%rip)
+	mov	%rax, pattern(%rip)
+	mov	$1, %edi			# VIRTIO_BLK_T_OUT
+	lea	pattern(%rip), %rdx
+	mov	$1, %ecx
+	call	submit
+	test	%eax, %eax
+	jz	5b
+	lea	wfail(%rip), %rdi
+	jmp	fail
 
 # readback reads the sector into readbuf and compares it with pattern;
 # ZF is set when they match (and the request succeeded).
@@ -165,6 +185,14 @@ rtfail:	.asciz	"blk: round trip MISMATCH\n"
 rtok:	.asciz	"blk: round trip ok\n"
 vok:	.asciz	"blk verify ok\n"
 vbad:	.asciz	"blk verify MISMATCH\n"
+wrun:	.asciz	"blk: writing sector 16 forever\n"
+
+	.data
+	.align	8
+	.global	blk_mode
+blk_mode:	.quad	0
+	.global	wcount
+wcount:	.quad	0
 
 	.bss
 	.align	4096
