@@ -63,8 +63,8 @@ func (m deviceMem) Slice(gpa, n uint64) ([]byte, error) {
 			return nil, err
 		}
 	}
-	if s := m.vm.live.Load(); s != nil {
-		if err := s.ram.ensure(off, n); err != nil {
+	if l := m.vm.liveMem.Load(); l != nil {
+		if err := l.ensure(off, n); err != nil {
 			return nil, err
 		}
 	}

@@ -65,17 +65,35 @@ func (vm *VM) beginLiveSave(dst block.Snapshotter, progress snapshot.Progress, o
 	if !ok {
 		return nil, fmt.Errorf("%w: node %q cannot hold a vmstate at fixed offsets", ErrLiveSaveUnsupported, dst.Name())
 	}
+	if vm.live.Load() != nil {
+		return nil, fmt.Errorf("live save: another live save is writing guest RAM")
+	}
 	if err := vm.finishLazyRAM(); err != nil {
 		return nil, err
 	}
+	t0 := time.Now()
 	cap, err := snapshot.Capture(vm)
 	if err != nil {
 		return nil, err
 	}
-	ram, err := newLiveRAM(vm.mem.Bytes(), snapshot.ChunkSize, !opts.noWP, vm.log)
+	t1 := time.Now()
+	ram := vm.armed.Swap(nil)
+	if ram != nil && opts.noWP {
+		vm.dropLiveRAM(ram)
+		ram = nil
+	}
+	if ram != nil {
+		err = ram.instant()
+	} else if ram, err = newLiveRAM(vm.mem.Bytes(), snapshot.ChunkSize, !opts.noWP, false, vm.log); err == nil {
+		vm.liveMem.Store(ram)
+	}
 	if err != nil {
+		if ram != nil {
+			vm.dropLiveRAM(ram)
+		}
 		return nil, err
 	}
+	vm.log.Debugf("live save: state captured in %v, RAM write-protected in %v (%d chunks again)", t1.Sub(t0), time.Since(t1), ram.dirty)
 	s := &LiveSave{vm: vm, area: area, cap: cap, ram: ram, progress: progress, done: make(chan struct{})}
 	vm.mu.Lock()
 	vm.disksHeld = true
@@ -88,8 +106,11 @@ func (vm *VM) beginLiveSave(dst block.Snapshotter, progress snapshot.Progress, o
 func (s *LiveSave) run() {
 	start := time.Now()
 	n, err := s.write()
+	if err == nil {
+		err = s.ram.err()
+	}
 	s.vm.live.CompareAndSwap(s, nil)
-	if cerr := s.ram.close(); err == nil {
+	if cerr := s.vm.dropLiveRAM(s.ram); err == nil {
 		err = cerr
 	}
 	s.size, s.err, s.elapsed = n, err, time.Since(start)
@@ -152,9 +173,44 @@ func (s *LiveSave) Release() {
 	})
 }
 
+// ArmLiveSave write-protects the running guest's RAM ahead of a live
+// save's pause: a write until then only lifts the protection of its chunk,
+// and the pause protects again only those chunks, so that it does not
+// grow with RAM the guest leaves alone. BeginLiveSave takes the armed
+// protection over; DisarmLiveSave drops it where the save does not
+// happen (it does nothing once BeginLiveSave took it).
+func (vm *VM) ArmLiveSave() error {
+	if vm.liveMem.Load() != nil {
+		return fmt.Errorf("live save: guest RAM is write-protected for another save")
+	}
+	l, err := newLiveRAM(vm.mem.Bytes(), snapshot.ChunkSize, true, true, vm.log)
+	if err != nil {
+		return err
+	}
+	vm.liveMem.Store(l)
+	vm.armed.Store(l)
+	return nil
+}
+
+// DisarmLiveSave lifts the protection ArmLiveSave set if no save took it.
+func (vm *VM) DisarmLiveSave() {
+	if l := vm.armed.Swap(nil); l != nil {
+		if err := vm.dropLiveRAM(l); err != nil {
+			vm.log.Errorf("%v", err)
+		}
+	}
+}
+
+// dropLiveRAM ends a protection of guest RAM.
+func (vm *VM) dropLiveRAM(l *liveRAM) error {
+	vm.liveMem.CompareAndSwap(l, nil)
+	return l.close()
+}
+
 // endLiveSave stops a live save in progress and waits for its writer:
 // guest RAM is about to be unmapped.
 func (vm *VM) endLiveSave() {
+	vm.DisarmLiveSave()
 	if s := vm.live.Load(); s != nil {
 		s.aborted.Store(true)
 		<-s.done
@@ -190,7 +246,8 @@ func probeLiveSave() error {
 		return fmt.Errorf("map a probe page: %w", err)
 	}
 	defer unix.Munmap(b)
-	l := &liveRAM{mem: b, base: uffd.Addr(b), quitFd: -1, log: logrus.NewEntry(logrus.StandardLogger())}
+	l := &liveRAM{mem: b, base: uffd.Addr(b), chunk: pageSize, chunks: make([]liveChunk, 1), quitFd: -1,
+		log: logrus.NewEntry(logrus.StandardLogger())}
 	defer l.release()
 	return l.register()
 }

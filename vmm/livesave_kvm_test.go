@@ -41,9 +41,22 @@ func scribblerVM(t *testing.T) (*VM, *syncBuffer, *block.Qcow2) {
 }
 
 // liveSave saves the running VM live under tag, as the control plane
-// does: stop, capture, resume, write RAM, then the snapshot entry.
-func liveSave(t *testing.T, vm *VM, q *block.Qcow2, tag string, opts liveOptions) *LiveSave {
+// does: (arm,) stop, capture, resume, write RAM, then the snapshot entry.
+func liveSave(t *testing.T, vm *VM, q *block.Qcow2, tag string, arm bool, opts liveOptions) *LiveSave {
 	t.Helper()
+	if arm {
+		if err := vm.ArmLiveSave(); err != nil {
+			t.Fatal(err)
+		}
+		// Let the guest write into the armed protection first.
+		l := vm.armed.Load()
+		for deadline := time.Now().Add(testutil.Scaled(30 * time.Second)); !anyDirty(l); {
+			if time.Now().After(deadline) {
+				t.Fatal("the guest wrote nothing into armed RAM")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	if err := vm.SetState(StateSaveVM); err != nil {
 		t.Fatal(err)
 	}
@@ -68,6 +81,15 @@ func liveSave(t *testing.T, vm *VM, q *block.Qcow2, tag string, opts liveOptions
 		t.Fatal(err)
 	}
 	return s
+}
+
+func anyDirty(l *liveRAM) bool {
+	for i := range l.chunks {
+		if l.chunkState(i) == liveDirty {
+			return true
+		}
+	}
+	return false
 }
 
 // snapReader reads a snapshot's vmstate.
@@ -124,7 +146,8 @@ func loadTag(t *testing.T, vm *VM, q *block.Qcow2, tag string) {
 	}
 }
 
-// TestLiveSaveScribblerOK saves the scribbler live 20 times; each time the
+// TestLiveSaveScribblerOK saves the scribbler live 20 times, half of them
+// armed ahead of the pause; each time the
 // loaded snapshot holds RAM of exactly the instant of the pause (the guest
 // checks all of it against its vCPU's registers), and the guest, loaded
 // again, scribbles on until the next round.
@@ -133,7 +156,13 @@ func TestLiveSaveScribblerOK(t *testing.T) {
 	sweeps := symbol(t, "scribbler", "scrib_sweeps")
 	var faults int64
 	for round := 0; round < 20; round++ {
-		faults += liveSave(t, vm, q, "live", liveOptions{}).ram.faults.Load()
+		// Odd rounds protect RAM ahead of the pause (as the monitor does),
+		// even ones all of it in the pause.
+		s := liveSave(t, vm, q, "live", round%2 == 1, liveOptions{})
+		faults += s.ram.faults.Load()
+		if round%2 == 1 && s.ram.dirty == 0 {
+			t.Fatalf("round %d: no chunk written between arming and the pause", round)
+		}
 		got := loadAndCheck(t, vm, out, q, "live")
 		if got[:len("scribbler OK")] != "scribbler OK" {
 			t.Fatalf("round %d: %s", round, got)
@@ -158,7 +187,7 @@ func TestLiveSaveScribblerOK(t *testing.T) {
 // copies RAM the guest keeps changing, and the check finds it.
 func TestLiveSaveWithoutWriteProtectionIsTorn(t *testing.T) {
 	vm, out, q := scribblerVM(t)
-	liveSave(t, vm, q, "torn", liveOptions{noWP: true})
+	liveSave(t, vm, q, "torn", false, liveOptions{noWP: true})
 	got := loadAndCheck(t, vm, out, q, "torn")
 	if got[:len("scribbler BAD")] != "scribbler BAD" {
 		t.Fatalf("unprotected live save: %s; want BAD", got)

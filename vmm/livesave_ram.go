@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -14,30 +15,43 @@ import (
 
 // Chunk states of a live save (liveChunk.state).
 const (
-	liveProtected = iota // still as at the capture and write-protected
-	liveCopied           // copied by a fault, then unprotected; copy not written yet
-	liveDone             // handed to the writer; the guest may write it
+	// liveProtected: write-protected, unchanged since it was protected.
+	liveProtected = iota
+	// liveDirty: armed phase only (before the instant): a write lifted the
+	// protection; the instant protects the chunk again.
+	liveDirty
+	// liveWriting: a writer is writing the chunk straight from guest RAM,
+	// still protected; a guest write waits until it is done.
+	liveWriting
+	// liveCopied: a write (or a device) came first: the chunk was copied,
+	// then unprotected; the copy waits for the writer.
+	liveCopied
+	// liveDone: written or handed to the writer; the guest may write it.
+	liveDone
 )
 
 // liveChunk is one chunk of guest RAM during a live save. mu orders the
-// copy and the lifting of the protection against the other party: the
-// fault handler and the writer each copy a chunk only while it is still
-// protected, so every copy is the chunk as at the capture.
+// fault handler, the writers and devices: a chunk is read for the
+// snapshot (copied, or written in place) only while it is protected, so
+// every copy is the chunk of the instant.
 type liveChunk struct {
 	mu    sync.Mutex
 	state int
-	buf   []byte // the copy a fault made (liveCopied)
+	buf   []byte // liveCopied: the copy
 }
 
 // liveRAM keeps guest RAM as it was at one instant while the guest runs
-// on: RAM is registered with userfaultfd in WP mode and write-protected,
-// and the first write to a chunk (by a vCPU inside KVM_RUN, or by a
-// system call of this process) waits until the fault handler has copied
-// the chunk and lifted its protection. The writer asks for every chunk
-// once (freeze): a chunk a fault copied comes from that copy, the others
-// are copied from RAM before their protection is lifted. Shared anonymous
-// memory (shmem) is protected with PTE markers, populated or not, so
-// nothing needs to be pre-faulted (docs/live-save.md).
+// on (docs/live-save.md). RAM is registered with userfaultfd in WP mode and
+// write-protected while the guest still runs ("armed": a write then only
+// lifts its chunk's protection and marks it dirty); at the instant, in the
+// pause, the dirty chunks are protected again, so the pause does not grow
+// with RAM that is not written. From then on the first write to a chunk
+// (by a vCPU inside KVM_RUN, or by a system call of this process) waits
+// until the fault handler has copied the chunk and lifted its protection.
+// The writer asks for every chunk once (freeze): a copied chunk comes from
+// its copy, the others straight from RAM, unprotected only once written.
+// Shared anonymous memory (shmem) is protected with PTE markers, populated
+// or not, so nothing needs to be pre-faulted.
 type liveRAM struct {
 	mem     []byte
 	base    uint64
@@ -48,26 +62,35 @@ type liveRAM struct {
 	fd     *uffd.FD
 	quitFd int
 	wg     sync.WaitGroup
+	// phase is held for reading by every fault and device request and
+	// for writing by instant, which ends the armed phase.
+	phase sync.RWMutex
+	armed bool
 	// closeMu keeps close from releasing the descriptor under ensure.
 	closeMu sync.RWMutex
 	closed  bool
 
 	chunks []liveChunk
-	pool   sync.Pool
-	failed atomic.Pointer[error]
-	faults atomic.Int64
-	copied atomic.Int64 // chunks copied by faults or Ensure
+	// written is signalled when a chunk leaves liveWriting (ensure waits).
+	written *sync.Cond
+	wmu     sync.Mutex
+	pool    sync.Pool
+	failed  atomic.Pointer[error]
+	faults  atomic.Int64
+	copied  atomic.Int64 // chunks copied ahead of the writer
+	dirty   int          // chunks protected again at the instant
 }
 
 // errLiveAborted ends a live save whose VM is closing.
 var errLiveAborted = errors.New("live save aborted: the VM is closing")
 
-// newLiveRAM write-protects mem and starts the fault handler. With
-// protect false nothing is protected (a test hook that must yield torn
-// snapshots).
-func newLiveRAM(mem []byte, chunk uint64, protect bool, log *logrus.Entry) (*liveRAM, error) {
-	l := &liveRAM{mem: mem, base: uffd.Addr(mem), chunk: chunk, protect: protect, log: log, quitFd: -1,
+// newLiveRAM write-protects mem and starts the fault handler; with armed,
+// writes before instant only mark their chunks dirty. With protect false
+// nothing is protected (a test hook that must yield torn snapshots).
+func newLiveRAM(mem []byte, chunk uint64, protect, armed bool, log *logrus.Entry) (*liveRAM, error) {
+	l := &liveRAM{mem: mem, base: uffd.Addr(mem), chunk: chunk, protect: protect, armed: armed, log: log, quitFd: -1,
 		chunks: make([]liveChunk, (uint64(len(mem))+chunk-1)/chunk)}
+	l.written = sync.NewCond(&l.wmu)
 	l.pool.New = func() any { b := make([]byte, chunk); return &b }
 	if !protect {
 		return l, nil
@@ -97,13 +120,79 @@ func (l *liveRAM) register() error {
 	if ioctls&uffd.IoctlWriteProtect == 0 {
 		return fmt.Errorf("%w: guest RAM's registration offers ioctls %#x, not WRITEPROTECT", ErrLiveSaveUnsupported, ioctls)
 	}
-	if err := l.fd.WriteProtect(l.base, size, true, 0); err != nil {
-		return fmt.Errorf("write-protect guest RAM: %w", err)
-	}
 	if l.quitFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return fmt.Errorf("eventfd: %w", err)
 	}
-	return nil
+	all := make([]int, len(l.chunks))
+	for i := range all {
+		all[i] = i
+	}
+	return l.protectChunks(all)
+}
+
+// protectChunks write-protects chunks, runs of neighbours in one ioctl,
+// from one goroutine per CPU: the kernel changes every page-table entry
+// of the range, the pause's largest cost, and does so in parallel (the
+// ioctl takes the mm's lock for reading).
+func (l *liveRAM) protectChunks(chunks []int) error {
+	if len(chunks) == 0 {
+		return nil
+	}
+	par := min(runtime.NumCPU(), len(chunks))
+	per := (len(chunks) + par - 1) / par
+	errs := make([]error, par)
+	var wg sync.WaitGroup
+	for w := 0; w < par; w++ {
+		part := chunks[min(w*per, len(chunks)):min((w+1)*per, len(chunks))]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for len(part) > 0 {
+				n := 1
+				for n < len(part) && part[n] == part[n-1]+1 {
+					n++
+				}
+				start := uint64(part[0]) * l.chunk
+				end := min(uint64(part[n-1]+1)*l.chunk, uint64(len(l.mem)))
+				if err := l.fd.WriteProtect(l.base+start, end-start, true, 0); err != nil {
+					errs[w] = fmt.Errorf("write-protect guest RAM: %w", err)
+					return
+				}
+				part = part[n:]
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// instant ends the armed phase: the chunks written since they were
+// protected are protected again. The guest must not run.
+func (l *liveRAM) instant() error {
+	if !l.protect {
+		return nil
+	}
+	l.phase.Lock()
+	defer l.phase.Unlock()
+	if !l.armed {
+		return nil
+	}
+	l.armed = false
+	var dirty []int
+	for i := range l.chunks {
+		c := &l.chunks[i]
+		c.mu.Lock()
+		if c.state == liveDirty {
+			c.state = liveProtected
+			dirty = append(dirty, i)
+		}
+		c.mu.Unlock()
+	}
+	l.dirty = len(dirty)
+	if err := l.protectChunks(dirty); err != nil {
+		return fmt.Errorf("live save: %w", err)
+	}
+	return l.err()
 }
 
 // release closes the descriptors; closing the userfaultfd unregisters the
@@ -151,7 +240,7 @@ func (l *liveRAM) close() error {
 	return nil
 }
 
-// Err is the fault handler's failure, if any.
+// err is the first failure, if any.
 func (l *liveRAM) err() error {
 	if e := l.failed.Load(); e != nil {
 		return *e
@@ -169,10 +258,14 @@ func (l *liveRAM) fail(err error) {
 	if uerr := l.fd.Unregister(l.base, uint64(len(l.mem))); uerr != nil {
 		l.log.Errorf("live save: %v", uerr)
 	}
+	l.wmu.Lock()
+	l.written.Broadcast()
+	l.wmu.Unlock()
 }
 
-// serveFaults is the fault handler. It copies a chunk out of a lock only
-// the writer and itself take, and never waits for a faulting thread.
+// serveFaults is the fault handler. It never waits for a faulting thread:
+// a chunk a writer has in hand is unprotected by the writer, which wakes
+// the thread.
 func (l *liveRAM) serveFaults() {
 	defer l.wg.Done()
 	msgs := make([]uffd.Msg, 64)
@@ -199,7 +292,7 @@ func (l *liveRAM) serveFaults() {
 				continue
 			}
 			l.faults.Add(1)
-			if err := l.copyOut(int((m.Address-l.base)/l.chunk), m.Address); err != nil {
+			if _, err := l.makeWritable(int((m.Address-l.base)/l.chunk), m.Address); err != nil {
 				l.fail(err)
 				return
 			}
@@ -213,30 +306,39 @@ func (l *liveRAM) span(i int) []byte {
 	return l.mem[start:min(start+l.chunk, uint64(len(l.mem)))]
 }
 
-// copyOut keeps chunk i as it is (if it was not kept or written yet) and
-// lifts its protection; addr, when not 0, is a faulting page to wake if
-// the chunk was unprotected before.
-func (l *liveRAM) copyOut(i int, addr uint64) error {
+// makeWritable makes chunk i writable for a fault at addr (0: a device's
+// request): before the instant by lifting its protection (dirty), after
+// it by copying it first. It reports whether a writer has the chunk in
+// hand, in which case the writer lifts the protection when it is done.
+func (l *liveRAM) makeWritable(i int, addr uint64) (writing bool, err error) {
+	l.phase.RLock()
+	defer l.phase.RUnlock()
 	c := &l.chunks[i]
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state != liveProtected {
-		if addr == 0 {
-			return nil
+	switch {
+	case c.state == liveWriting:
+		return true, nil
+	case c.state == liveProtected && l.armed:
+		if err := l.unprotect(i); err != nil {
+			return false, err
 		}
+		c.state = liveDirty
+	case c.state == liveProtected:
+		b := l.getBuf(i)
+		copy(b, l.span(i))
+		if err := l.unprotect(i); err != nil {
+			l.putBuf(b)
+			return false, err
+		}
+		c.buf, c.state = b, liveCopied
+		l.copied.Add(1)
+	case addr != 0:
 		// Unprotected after the fault was queued; the unprotect woke the
 		// thread already, and waking a page nobody waits on is free.
-		return l.fd.Wake(addr&^(pageSize-1), pageSize)
+		return false, l.fd.Wake(addr&^(pageSize-1), pageSize)
 	}
-	b := l.getBuf(i)
-	copy(b, l.span(i))
-	if err := l.unprotect(i); err != nil {
-		l.putBuf(b)
-		return err
-	}
-	c.buf, c.state = b, liveCopied
-	l.copied.Add(1)
-	return nil
+	return false, nil
 }
 
 const pageSize = 4096
@@ -258,7 +360,7 @@ func (l *liveRAM) putBuf(b []byte) {
 	l.pool.Put(&b)
 }
 
-// freeze is snapshot.SaveOptions.Freeze: chunk i as at the capture.
+// freeze is snapshot.SaveOptions.Freeze: chunk i as at the instant.
 func (l *liveRAM) freeze(i int, _ []byte) ([]byte, func(), error) {
 	if !l.protect {
 		// A copy all the same: the chunk must match its own CRC, so that
@@ -279,16 +381,27 @@ func (l *liveRAM) freeze(i int, _ []byte) ([]byte, func(), error) {
 		c.buf, c.state = nil, liveDone
 		return b, func() { l.putBuf(b) }, nil
 	case liveProtected:
-		b := l.getBuf(i)
-		copy(b, l.span(i))
-		if err := l.unprotect(i); err != nil {
-			l.putBuf(b)
-			return nil, nil, err
-		}
-		c.state = liveDone
-		return b, func() { l.putBuf(b) }, nil
+		// Written from RAM itself, still protected: no copy.
+		c.state = liveWriting
+		return l.span(i), func() { l.doneWriting(i) }, nil
 	}
-	return nil, nil, fmt.Errorf("live save: RAM chunk %d asked for twice", i)
+	return nil, nil, fmt.Errorf("live save: RAM chunk %d asked for in state %d", i, c.state)
+}
+
+// doneWriting ends a writer's hold on chunk i: its protection is lifted,
+// which wakes the guest's writers waiting on it. A failure fails the
+// save (and lifts all protection).
+func (l *liveRAM) doneWriting(i int) {
+	c := &l.chunks[i]
+	c.mu.Lock()
+	if err := l.unprotect(i); err != nil {
+		l.fail(err)
+	}
+	c.state = liveDone
+	c.mu.Unlock()
+	l.wmu.Lock()
+	l.written.Broadcast()
+	l.wmu.Unlock()
 }
 
 // ensure makes [off, off+n) of guest RAM writable without a fault, for a
@@ -304,13 +417,31 @@ func (l *liveRAM) ensure(off, n uint64) error {
 	if l.closed {
 		return nil // the protection is gone
 	}
-	if err := l.err(); err != nil {
-		return err
-	}
 	for i := off / l.chunk; i <= (off+n-1)/l.chunk; i++ {
-		if err := l.copyOut(int(i), 0); err != nil {
-			return err
+		for {
+			if err := l.err(); err != nil {
+				return err
+			}
+			writing, err := l.makeWritable(int(i), 0)
+			if err != nil {
+				return err
+			}
+			if !writing {
+				break
+			}
+			l.wmu.Lock()
+			for l.chunkState(int(i)) == liveWriting && l.err() == nil {
+				l.written.Wait()
+			}
+			l.wmu.Unlock()
 		}
 	}
 	return nil
+}
+
+func (l *liveRAM) chunkState(i int) int {
+	c := &l.chunks[i]
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
 }

@@ -54,7 +54,7 @@ func TestLiveRAMKeepsTheInstant(t *testing.T) {
 		mem[i] = byte(i / 4096)
 	}
 	want := append([]byte(nil), mem...)
-	l, err := newLiveRAM(mem, chunk, true, logrus.NewEntry(logrus.StandardLogger()))
+	l, err := newLiveRAM(mem, chunk, true, false, logrus.NewEntry(logrus.StandardLogger()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,4 +97,41 @@ func TestLiveRAMKeepsTheInstant(t *testing.T) {
 		t.Fatal("the writes did not reach memory")
 	}
 	mem[0] = 1
+}
+
+// TestLiveRAMArmedInstant arms the protection, writes into a chunk (which
+// only marks it dirty), takes the instant (which protects it again) and
+// writes again: the chunk frozen is the one of the instant, with the
+// first write and without the second.
+func TestLiveRAMArmedInstant(t *testing.T) {
+	if ok, why := LiveSaveSupported(); !ok {
+		t.Skipf("no userfaultfd write protection here: %s", why)
+	}
+	const chunk, chunks = 64 << 10, 4
+	mem := shmem(t, chunk*chunks)
+	l, err := newLiveRAM(mem, chunk, true, true, logrus.NewEntry(logrus.StandardLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.close()
+	first, second := bytes.Repeat([]byte{1}, 4096), bytes.Repeat([]byte{2}, 4096)
+	kernelWrite(t, mem[2*chunk:], first)
+	if l.chunkState(2) != liveDirty || l.copied.Load() != 0 {
+		t.Fatalf("armed write: chunk state %d, %d copies; want dirty, none", l.chunkState(2), l.copied.Load())
+	}
+	if err := l.instant(); err != nil {
+		t.Fatal(err)
+	}
+	if l.dirty != 1 || l.chunkState(2) != liveProtected {
+		t.Fatalf("instant: %d chunks protected again, chunk 2 in state %d", l.dirty, l.chunkState(2))
+	}
+	kernelWrite(t, mem[2*chunk:], second)
+	b, done, err := l.freeze(2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	if !bytes.Equal(b[:4096], first) || !bytes.Equal(mem[2*chunk:2*chunk+4096], second) {
+		t.Fatal("the frozen chunk is not the one of the instant")
+	}
 }

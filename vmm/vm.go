@@ -145,6 +145,10 @@ type VM struct {
 	// the VM runs, so the disks keep their content of the capture.
 	live      atomic.Pointer[LiveSave]
 	disksHeld bool
+	// liveMem is guest RAM's write protection (armed or saving) that
+	// device writes must go through; armed is one no save has taken yet.
+	liveMem atomic.Pointer[liveRAM]
+	armed   atomic.Pointer[liveRAM]
 }
 
 // ErrBadConfig marks configuration errors a user can fix (bad size, too

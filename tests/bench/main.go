@@ -79,15 +79,20 @@ func main() {
 	lim := measureLimits(dir)
 	var results []result
 	for _, s := range scenarios {
-		for _, vmm := range []string{"snapvmm", "qemu"} {
+		// snapvmm saves live by default; "snapvmm-paused" is the same VMM
+		// with --save-mode paused, the wall time a live save is held to.
+		for _, vmm := range []string{"snapvmm", "snapvmm-paused", "qemu"} {
 			r := result{Scenario: s, VMM: vmm}
 			var all []figures
 			for i := 0; i < *runs; i++ {
 				var f figures
 				var err error
-				if vmm == "snapvmm" {
-					f, err = runSnapvmm(dir, *snapvmm, *guest, s)
-				} else {
+				switch vmm {
+				case "snapvmm":
+					f, err = runSnapvmm(dir, *snapvmm, *guest, s, "live")
+				case "snapvmm-paused":
+					f, err = runSnapvmm(dir, *snapvmm, *guest, s, "paused")
+				default:
 					f, err = runQEMU(dir, *qemu, s)
 				}
 				if err != nil {
@@ -207,7 +212,7 @@ func freshImage(dir string) (string, error) {
 	return p, block.CreateQcow2(p, 64<<20, block.CreateOptions{})
 }
 
-func runSnapvmm(dir, bin, guest string, s scenario) (figures, error) {
+func runSnapvmm(dir, bin, guest string, s scenario, saveMode string) (figures, error) {
 	g, err := patchedGuest(dir, guest, s)
 	if err != nil {
 		return figures{}, err
@@ -221,7 +226,8 @@ func runSnapvmm(dir, bin, guest string, s scenario) (figures, error) {
 	os.Remove(out)
 	os.Remove(sock)
 	cmd := exec.Command(bin, "run", "--kernel", g, "--memory", strconv.FormatUint(s.RAM>>20, 10)+"M",
-		"--serial", "file:"+out, "--drive", "file="+img+",node-name=disk0,if=none", "--qmp", "unix:"+sock, "--log-level", "error")
+		"--serial", "file:"+out, "--drive", "file="+img+",node-name=disk0,if=none", "--qmp", "unix:"+sock, "--log-level", "error",
+		"--save-mode", saveMode)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -454,8 +460,8 @@ func median(all []figures) figures {
 func printMarkdown(l limits, results []result) {
 	fmt.Printf("Machine limits: sequential write %s/s to the image file system, memory copy %s/s.\n\n",
 		block.SizeToStr(uint64(l.WriteBytesPerSec)), block.SizeToStr(uint64(l.MemcpyBytesPerSec)))
-	fmt.Println("| scenario | figure | snapvmm | QEMU 7.2 | snapvmm/QEMU |")
-	fmt.Println("|---|---|---|---|---|")
+	fmt.Println("| scenario | figure | snapvmm (live save) | snapvmm (paused save) | QEMU 7.2 | live/QEMU | live/paused |")
+	fmt.Println("|---|---|---|---|---|---|---|")
 	byKey := map[string]result{}
 	var order []scenario
 	for _, r := range results {
@@ -492,15 +498,18 @@ func printMarkdown(l limits, results []result) {
 		return unit(v), v
 	}
 	for _, s := range order {
-		sv, qv := byKey[s.String()+"snapvmm"], byKey[s.String()+"qemu"]
+		sv, pv, qv := byKey[s.String()+"snapvmm"], byKey[s.String()+"snapvmm-paused"], byKey[s.String()+"qemu"]
+		ratio := func(a, b float64) string {
+			if a > 0 && b > 0 {
+				return fmt.Sprintf("%.3f", a/b)
+			}
+			return "n/a"
+		}
 		for _, row := range rows {
 			a, av := cell(sv, row.get, row.unit)
+			p, pvv := cell(pv, row.get, row.unit)
 			b, bv := cell(qv, row.get, row.unit)
-			ratio := "n/a"
-			if av > 0 && bv > 0 {
-				ratio = fmt.Sprintf("%.2f", av/bv)
-			}
-			fmt.Printf("| %s | %s | %s | %s | %s |\n", s, row.name, a, b, ratio)
+			fmt.Printf("| %s | %s | %s | %s | %s | %s | %s |\n", s, row.name, a, p, b, ratio(av, bv), ratio(av, pvv))
 		}
 	}
 	for _, r := range results {

@@ -32,7 +32,26 @@ func (m *Monitor) SetSaveMode(mode SaveMode) {
 
 // liveSaver is a guest that can save while it runs (*vmm.VM).
 type liveSaver interface {
+	ArmLiveSave() error
+	DisarmLiveSave()
 	BeginLiveSave(dst block.Snapshotter, p snapshot.Progress) (*vmm.LiveSave, error)
+}
+
+// armLiveSave write-protects a running guest's RAM before the pause of a
+// live save (vmm.VM.ArmLiveSave), so that the pause protects only what
+// the guest writes in between; the returned function undoes it unless
+// the save took it over. Failing here only costs that gain: the save
+// protects all of RAM in the pause, or falls back to a paused save.
+func (m *Monitor) armLiveSave(tag string) (disarm func()) {
+	g, ok := m.guest.(liveSaver)
+	if !ok || m.saveMode != SaveLive || !m.guest.State().Running() {
+		return func() {}
+	}
+	if err := g.ArmLiveSave(); err != nil {
+		m.log.Debugf("snapshot-save %q: %v", tag, err)
+		return func() {}
+	}
+	return g.DisarmLiveSave
 }
 
 // saveLive is the rest of saveSnapshot for a live save: the guest, in

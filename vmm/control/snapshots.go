@@ -128,6 +128,7 @@ func (m *Monitor) saveSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 	if err != nil {
 		return err
 	}
+	defer m.armLiveSave(tag)()
 	wasRunning, err := m.stopFor(vmm.StateSaveVM)
 	if err != nil {
 		return err
