@@ -32,6 +32,7 @@ type LiveSave struct {
 	ram      *liveRAM
 	progress snapshot.Progress
 	aborted  atomic.Bool
+	prio     *vcpuPriority
 
 	done    chan struct{}
 	size    uint64
@@ -94,7 +95,8 @@ func (vm *VM) beginLiveSave(dst block.Snapshotter, progress snapshot.Progress, o
 		return nil, err
 	}
 	vm.log.Debugf("live save: state captured in %v, RAM write-protected in %v (%d chunks again)", t1.Sub(t0), time.Since(t1), ram.dirty)
-	s := &LiveSave{vm: vm, area: area, cap: cap, ram: ram, progress: progress, done: make(chan struct{})}
+	s := &LiveSave{vm: vm, area: area, cap: cap, ram: ram, progress: progress, done: make(chan struct{}),
+		prio: vm.lowerVCPUPriority()}
 	vm.mu.Lock()
 	vm.disksHeld = true
 	vm.mu.Unlock()
@@ -113,6 +115,7 @@ func (s *LiveSave) run() {
 	if cerr := s.vm.dropLiveRAM(s.ram); err == nil {
 		err = cerr
 	}
+	s.prio.restore()
 	s.size, s.err, s.elapsed = n, err, time.Since(start)
 	if err == nil {
 		s.vm.log.Debugf("live save: %d bytes written in %v; %d chunks copied ahead of the writer (%d write faults)",
