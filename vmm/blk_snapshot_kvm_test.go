@@ -2,11 +2,9 @@ package vmm_test
 
 import (
 	"bytes"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/vmm"
 	"github.com/snapvmm/snapvmm/vmm/control"
 )
@@ -15,30 +13,14 @@ import (
 // disk through the monitor, overwrites the sector and the guest's buffer,
 // and loads: disk and RAM show the saved state and the guest verifies ok.
 func TestBlkGuestSnapshotRevertsDiskAndRAM(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "disk.qcow2")
-	if err := block.CreateQcow2(p, 8<<20, block.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	reg := block.NewRegistry()
-	t.Cleanup(func() { reg.Close() }) // after the VM
-	d, err := reg.OpenDrive(block.DriveSpec{File: p, NodeName: "disk0", If: "virtio"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg, d := qcow2Disk(t)
 	vm, out := vmm.NewBlkVMForTest(t, d.Node)
 	mon := control.New(vm, reg)
 	if err := vm.Start(false); err != nil {
 		t.Fatal(err)
 	}
 	out.WaitFor(t, "blk verify ok\n", 30*time.Second)
-	start, err := mon.SnapshotSave("s", "saved", "disk0", []string{"disk0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start()
-	if j, _ := mon.Jobs().Wait("s"); j.Err != nil {
-		t.Fatalf("save: %v", j.Err)
-	}
+	runJob(t, mon, "s")(mon.SnapshotSave("s", "saved", "disk0", []string{"disk0"}))
 	// Overwrite the sector on disk: the guest must notice.
 	if _, err := d.Node.WriteAt(make([]byte, 512), vmm.BlkSector*512); err != nil {
 		t.Fatal(err)
@@ -56,14 +38,7 @@ func TestBlkGuestSnapshotRevertsDiskAndRAM(t *testing.T) {
 	if err := vm.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	start, err = mon.SnapshotLoad("l", "saved", "disk0", []string{"disk0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start()
-	if j, _ := mon.Jobs().Wait("l"); j.Err != nil {
-		t.Fatalf("load: %v", j.Err)
-	}
+	runJob(t, mon, "l")(mon.SnapshotLoad("l", "saved", "disk0", []string{"disk0"}))
 	got := make([]byte, 512)
 	if _, err := d.Node.ReadAt(got, vmm.BlkSector*512); err != nil || !bytes.Equal(got, vmm.BlkPattern()) {
 		t.Fatalf("disk not reverted: %v", err)

@@ -33,6 +33,38 @@ func guestU64(t *testing.T, vm *vmm.VM, sym string) []byte {
 	return b
 }
 
+// qcow2Disk is an 8 MiB qcow2 image opened as node disk0 of a registry
+// that is closed after the test's VM.
+func qcow2Disk(t *testing.T) (*block.Registry, *block.Drive) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "disk.qcow2")
+	if err := block.CreateQcow2(p, 8<<20, block.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	reg := block.NewRegistry()
+	t.Cleanup(func() { reg.Close() })
+	d, err := reg.OpenDrive(block.DriveSpec{File: p, NodeName: "disk0", If: "virtio"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg, d
+}
+
+// runJob returns a function that starts the job a monitor command
+// created and waits until it concludes without an error.
+func runJob(t *testing.T, mon *control.Monitor, id string) func(start func(), err error) {
+	return func(start func(), err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		start()
+		if j, _ := mon.Jobs().Wait(id); j.Err != nil {
+			t.Fatalf("job %s: %v", id, j.Err)
+		}
+	}
+}
+
 func waitSector(t *testing.T, n block.Node, above uint64) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -54,16 +86,7 @@ func TestLiveSaveDiskAsAtThePause(t *testing.T) {
 	if ok, why := vmm.LiveSaveSupported(); !ok {
 		t.Skipf("no live save on this host: %s", why)
 	}
-	p := filepath.Join(t.TempDir(), "disk.qcow2")
-	if err := block.CreateQcow2(p, 8<<20, block.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	reg := block.NewRegistry()
-	t.Cleanup(func() { reg.Close() }) // after the VM
-	d, err := reg.OpenDrive(block.DriveSpec{File: p, NodeName: "disk0", If: "virtio"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg, d := qcow2Disk(t)
 	vm, out := vmm.NewBlkVMForTest(t, d.Node)
 	binary.LittleEndian.PutUint64(guestU64(t, vm, "blk_mode"), 1)
 	mon := control.New(vm, reg)
@@ -92,14 +115,7 @@ func TestLiveSaveDiskAsAtThePause(t *testing.T) {
 			events = append(events, string(e.JobStatus))
 		}
 	})
-	start, err := mon.SnapshotSave("s", "live", "disk0", []string{"disk0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start()
-	if j, _ := mon.Jobs().Wait("s"); j.Err != nil {
-		t.Fatalf("save: %v", j.Err)
-	}
+	runJob(t, mon, "s")(mon.SnapshotSave("s", "live", "disk0", []string{"disk0"}))
 	mu.Lock()
 	got := strings.Join(events, " ")
 	mu.Unlock()
@@ -112,14 +128,7 @@ func TestLiveSaveDiskAsAtThePause(t *testing.T) {
 	if err := mon.StopVM(); err != nil {
 		t.Fatal(err)
 	}
-	start, err = mon.SnapshotLoad("l", "live", "disk0", []string{"disk0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start()
-	if j, _ := mon.Jobs().Wait("l"); j.Err != nil {
-		t.Fatalf("load: %v", j.Err)
-	}
+	runJob(t, mon, "l")(mon.SnapshotLoad("l", "live", "disk0", []string{"disk0"}))
 	w := binary.LittleEndian.Uint64(guestU64(t, vm, "wcount"))
 	if disk := sectorValue(t, d.Node); w < 100 || (disk != w && disk != w-1) {
 		t.Fatalf("after the load the guest's last request is %d, the disk holds %d: want %d or %d", w, disk, w-1, w)

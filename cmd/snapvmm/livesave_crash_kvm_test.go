@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"math/rand"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,27 +24,16 @@ import (
 // case it loads too (an eager load checks every RAM chunk's CRC).
 // SNAPVMM_CRASH_ROUNDS sets the rounds (5).
 func TestKill9DuringLiveSave(t *testing.T) {
-	testutil.OpenKVM(t)
-	testutil.NeedTool(t, "qemu-img")
 	if ok, why := vmm.LiveSaveSupported(); !ok {
 		t.Skipf("no live save on this host: %s", why)
 	}
-	dir := t.TempDir()
-	img := filepath.Join(dir, "state.qcow2")
-	if err := block.CreateQcow2(img, 64<<20, block.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	guest := filepath.Join("..", "..", "testdata", "guests", "scribbler")
-	drive := "file=" + img + ",node-name=disk0,if=none"
+	img, startRig := crashRig(t, "scribbler")
 	start := func(name string, extra ...string) (*exec.Cmd, string) {
-		out, sock := filepath.Join(dir, name+".txt"), filepath.Join(dir, name+".sock")
-		args := append([]string{"run", "--kernel", guest, "--memory", "128M", "--serial", "file:" + out,
-			"--drive", drive, "--qmp", "unix:" + sock, "--save-mode", "live"}, extra...)
-		cmd := startCLI(t, args...)
+		cmd, _, sock := startRig(name, append([]string{"--save-mode", "live"}, extra...)...)
 		return cmd, sock
 	}
-	first, sock := start("first")
-	waitFile(t, filepath.Join(dir, "first.txt"), regexp.MustCompile(`(scribbler: running)`), 2*time.Minute)
+	first, out, sock := startRig("first", "--save-mode", "live")
+	waitFile(t, out, regexp.MustCompile(`(scribbler: running)`), 2*time.Minute)
 	time.Sleep(200 * time.Millisecond)
 	if code := run([]string{"snapshot", "save", "--qmp", sock, "--tag", "keep"}); code != 0 {
 		t.Fatalf("save keep: exit %d", code)
@@ -76,13 +63,7 @@ func TestKill9DuringLiveSave(t *testing.T) {
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 		cl.Close()
-		checkLeaksOnly(t, img, round)
-		if got := readVMState(t, img, "keep"); !bytes.Equal(got, keepVM) {
-			t.Fatalf("round %d: the VM state of keep changed", round)
-		}
-		if code := run([]string{"img", "check", "-r", "leaks", img}); code != 0 {
-			t.Fatalf("round %d: repair left the image unclean (exit %d)", round, code)
-		}
+		afterKill(t, img, round, keepVM)
 		for _, tag := range []string{"keep", "tmp"} {
 			if !hasSnapshot(t, img, tag) {
 				continue
@@ -100,16 +81,7 @@ func TestKill9DuringLiveSave(t *testing.T) {
 			c.Process.Signal(syscall.SIGKILL)
 			c.Wait()
 		}
-		q, err := block.OpenQcow2(img, "d", false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, ok := q.FindSnapshot("tmp"); ok {
-			if err := q.DeleteSnapshot("tmp"); err != nil {
-				t.Fatal(err)
-			}
-		}
-		q.Close()
+		dropSnapshot(t, img, "tmp")
 	}
 	t.Logf("seed %d: %d rounds, the save was complete at the kill in %d", seed, rounds, complete)
 }
