@@ -69,6 +69,7 @@ func (m *Monitor) saveLive(ctx *JobCtx, vs block.Snapshotter, nodes []block.Snap
 	date, clock := time.Now(), m.guest.VMClockNsec()
 	s, err := g.BeginLiveSave(vs, progress)
 	if errors.Is(err, vmm.ErrLiveSaveUnsupported) {
+		g.DisarmLiveSave() // the paused save must not leave RAM protected
 		m.log.Infof("snapshot-save %q: %v: the guest stays paused for the whole save", tag, err)
 		return false, nil
 	}
