@@ -80,7 +80,9 @@ func (vm *VM) beginLiveSave(dst block.Snapshotter, progress snapshot.Progress, o
 	t1 := time.Now()
 	ram := vm.armed.Swap(nil)
 	if ram != nil && opts.noWP {
-		vm.dropLiveRAM(ram)
+		if err := vm.dropLiveRAM(ram); err != nil {
+			vm.log.Errorf("%v", err)
+		}
 		ram = nil
 	}
 	if ram != nil {
@@ -90,16 +92,17 @@ func (vm *VM) beginLiveSave(dst block.Snapshotter, progress snapshot.Progress, o
 	}
 	if err != nil {
 		if ram != nil {
-			vm.dropLiveRAM(ram)
+			if derr := vm.dropLiveRAM(ram); derr != nil {
+				vm.log.Errorf("%v", derr)
+			}
 		}
+		vm.releaseDisks() // the arming held them
 		return nil, err
 	}
 	vm.log.Debugf("live save: state captured in %v, RAM write-protected in %v (%d chunks again)", t1.Sub(t0), time.Since(t1), ram.dirty)
 	s := &LiveSave{vm: vm, area: area, cap: cap, ram: ram, progress: progress, done: make(chan struct{}),
 		prio: vm.lowerVCPUPriority()}
-	vm.mu.Lock()
-	vm.disksHeld = true
-	vm.mu.Unlock()
+	vm.holdDisks() // drained by the pause already, or by ArmLiveSave
 	vm.live.Store(s)
 	go s.run()
 	return s, nil
@@ -163,31 +166,49 @@ func (s *LiveSave) Wait() (uint64, error) {
 // Release lets the guest's disk requests through again. Call it once the
 // disk snapshots exist, or once the save failed; later calls do nothing.
 func (s *LiveSave) Release() {
-	s.releaseOnce.Do(func() {
-		vm := s.vm
-		vm.mu.Lock()
-		defer vm.mu.Unlock()
-		vm.disksHeld = false
-		if vm.state == StateRunning {
-			for _, b := range vm.blks {
-				b.Resume()
-			}
+	s.releaseOnce.Do(s.vm.releaseDisks)
+}
+
+// holdDisks drains the virtio-blk devices and keeps them drained, even
+// while the VM runs, until releaseDisks: no request changes a disk or
+// writes guest RAM meanwhile.
+func (vm *VM) holdDisks() {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	vm.disksHeld = true
+	for _, b := range vm.blks {
+		b.Drain()
+	}
+}
+
+// releaseDisks ends holdDisks.
+func (vm *VM) releaseDisks() {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	vm.disksHeld = false
+	if vm.state == StateRunning {
+		for _, b := range vm.blks {
+			b.Resume()
 		}
-	})
+	}
 }
 
 // ArmLiveSave write-protects the running guest's RAM ahead of a live
 // save's pause: a write until then only lifts the protection of its chunk,
 // and the pause protects again only those chunks, so that it does not
-// grow with RAM the guest leaves alone. BeginLiveSave takes the armed
-// protection over; DisarmLiveSave drops it where the save does not
-// happen (it does nothing once BeginLiveSave took it).
+// grow with RAM the guest leaves alone. The disks are held from now on
+// (their requests wait, as they will during the save), so that no device
+// goroutine writes guest RAM while it is protected. BeginLiveSave takes
+// the armed protection over; DisarmLiveSave drops it where the save does
+// not happen (it does nothing once BeginLiveSave took it).
 func (vm *VM) ArmLiveSave() error {
 	if vm.liveMem.Load() != nil {
 		return fmt.Errorf("live save: guest RAM is write-protected for another save")
 	}
+	vm.holdDisks()
 	l, err := newLiveRAM(vm.mem.Bytes(), snapshot.ChunkSize, true, true, vm.log)
 	if err != nil {
+		vm.releaseDisks()
 		return err
 	}
 	vm.liveMem.Store(l)
@@ -201,6 +222,7 @@ func (vm *VM) DisarmLiveSave() {
 		if err := vm.dropLiveRAM(l); err != nil {
 			vm.log.Errorf("%v", err)
 		}
+		vm.releaseDisks()
 	}
 }
 
