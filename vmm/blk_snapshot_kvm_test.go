@@ -38,7 +38,15 @@ func TestBlkGuestSnapshotRevertsDiskAndRAM(t *testing.T) {
 	if err := vm.Resume(); err != nil {
 		t.Fatal(err)
 	}
+	done := populated(mon)
 	runJob(t, mon, "l")(mon.SnapshotLoad("l", "saved", "disk0", []string{"disk0"}))
+	if ok, _ := vmm.LazyRAMSupported(); ok {
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the lazily loaded RAM was never complete")
+		}
+	}
 	got := make([]byte, 512)
 	if _, err := d.Node.ReadAt(got, vmm.BlkSector*512); err != nil || !bytes.Equal(got, vmm.BlkPattern()) {
 		t.Fatalf("disk not reverted: %v", err)

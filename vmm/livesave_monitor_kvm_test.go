@@ -65,6 +65,21 @@ func runJob(t *testing.T, mon *control.Monitor, id string) func(start func(), er
 	}
 }
 
+// populated returns a channel closed once the monitor reports that the
+// RAM of a lazily loaded snapshot is all in place: until then a test must
+// not touch guest RAM itself (a goroutine that faults on a missing page
+// outside a system call can stall the Go runtime with its loaders).
+func populated(mon *control.Monitor) <-chan struct{} {
+	ch := make(chan struct{})
+	var once sync.Once
+	mon.Subscribe(func(e control.Event) {
+		if e.Kind == control.EventRAMPopulated {
+			once.Do(func() { close(ch) })
+		}
+	})
+	return ch
+}
+
 func waitSector(t *testing.T, n block.Node, above uint64) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -90,6 +105,9 @@ func TestLiveSaveDiskAsAtThePause(t *testing.T) {
 	vm, out := vmm.NewBlkVMForTest(t, d.Node)
 	binary.LittleEndian.PutUint64(guestU64(t, vm, "blk_mode"), 1)
 	mon := control.New(vm, reg)
+	// The test reads guest RAM after the load: a lazy load would fault
+	// the test's goroutine outside a system call (docs/lazy-load.md).
+	mon.SetLoadMode(control.LoadEager)
 	if err := vm.Start(false); err != nil {
 		t.Fatal(err)
 	}
