@@ -38,6 +38,12 @@ type liveChunk struct {
 	mu    sync.Mutex
 	state int
 	buf   []byte // liveCopied: the copy
+	// wp: the chunk is write-protected. A written chunk stays protected
+	// until the guest writes it (one ioctl per chunk the guest touches,
+	// not per chunk of RAM; close lifts the rest at once).
+	wp bool
+	// waiting: a write fault came while a writer had the chunk in hand.
+	waiting bool
 }
 
 // liveRAM keeps guest RAM as it was at one instant while the guest runs
@@ -127,7 +133,13 @@ func (l *liveRAM) register() error {
 	for i := range all {
 		all[i] = i
 	}
-	return l.protectChunks(all)
+	if err := l.protectChunks(all); err != nil {
+		return err
+	}
+	for i := range l.chunks {
+		l.chunks[i].wp = true
+	}
+	return nil
 }
 
 // protectChunks write-protects chunks, runs of neighbours in one ioctl,
@@ -183,7 +195,7 @@ func (l *liveRAM) instant() error {
 		c := &l.chunks[i]
 		c.mu.Lock()
 		if c.state == liveDirty {
-			c.state = liveProtected
+			c.state, c.wp = liveProtected, true
 			dirty = append(dirty, i)
 		}
 		c.mu.Unlock()
@@ -318,6 +330,9 @@ func (l *liveRAM) makeWritable(i int, addr uint64) (writing bool, err error) {
 	defer c.mu.Unlock()
 	switch {
 	case c.state == liveWriting:
+		if addr != 0 {
+			c.waiting = true
+		}
 		return true, nil
 	case c.state == liveProtected && l.armed:
 		if err := l.unprotect(i); err != nil {
@@ -333,6 +348,9 @@ func (l *liveRAM) makeWritable(i int, addr uint64) (writing bool, err error) {
 		}
 		c.buf, c.state = b, liveCopied
 		l.copied.Add(1)
+	case c.wp:
+		// Written by the save and left protected: the first write since.
+		return false, l.unprotect(i)
 	case addr != 0:
 		// Unprotected after the fault was queued; the unprotect woke the
 		// thread already, and waking a page nobody waits on is free.
@@ -343,11 +361,14 @@ func (l *liveRAM) makeWritable(i int, addr uint64) (writing bool, err error) {
 
 const pageSize = 4096
 
+// unprotect lifts chunk i's protection, waking its waiting writers; the
+// chunk's mu is held.
 func (l *liveRAM) unprotect(i int) error {
 	s := l.span(i)
 	if err := l.fd.WriteProtect(uffd.Addr(s), uint64(len(s)), false, 0); err != nil {
 		return fmt.Errorf("live save: lift the protection of RAM chunk %d: %w", i, err)
 	}
+	l.chunks[i].wp = false
 	return nil
 }
 
@@ -388,16 +409,20 @@ func (l *liveRAM) freeze(i int, _ []byte) ([]byte, func(), error) {
 	return nil, nil, fmt.Errorf("live save: RAM chunk %d asked for in state %d", i, c.state)
 }
 
-// doneWriting ends a writer's hold on chunk i: its protection is lifted,
-// which wakes the guest's writers waiting on it. A failure fails the
-// save (and lifts all protection).
+// doneWriting ends a writer's hold on chunk i. A guest write that came
+// meanwhile waits: the protection is lifted for it now. Otherwise the
+// chunk stays protected until the guest writes it, if ever. A failure
+// fails the save (and lifts all protection).
 func (l *liveRAM) doneWriting(i int) {
 	c := &l.chunks[i]
 	c.mu.Lock()
-	if err := l.unprotect(i); err != nil {
-		l.fail(err)
-	}
 	c.state = liveDone
+	if c.waiting {
+		c.waiting = false
+		if err := l.unprotect(i); err != nil {
+			l.fail(err)
+		}
+	}
 	c.mu.Unlock()
 	l.wmu.Lock()
 	l.written.Broadcast()
