@@ -174,8 +174,8 @@ func (s *LiveSave) Release() {
 // writes guest RAM meanwhile.
 func (vm *VM) holdDisks() {
 	vm.mu.Lock()
-	defer vm.mu.Unlock()
 	vm.disksHeld = true
+	vm.mu.Unlock()
 	for _, b := range vm.blks {
 		b.Drain()
 	}

@@ -180,7 +180,7 @@ func (b *Block) process() {
 		return
 	}
 	served := false
-	for {
+	for !b.stopAsked() {
 		head, bufs, ok, err := q.Pop(b.mem)
 		if err != nil && !ok {
 			b.badRequest(err)
@@ -206,6 +206,19 @@ func (b *Block) process() {
 	if served {
 		b.Interrupt()
 	}
+}
+
+// stopAsked reports whether Drain (or Close) wants the worker to stop
+// between two requests: a driver that polls the used ring refills the
+// queue as fast as it is served, and a drain with vCPUs running would
+// wait forever. What is left in the ring is taken up after Resume.
+func (b *Block) stopAsked() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.paused {
+		b.pending = true
+	}
+	return b.paused || b.stop
 }
 
 // badRequest logs guest mistakes at a bounded rate.
