@@ -30,6 +30,9 @@ type SaveOptions struct {
 	// first write: the place to make unwritten ranges of the target read
 	// as zeros and to reserve its space.
 	Prepare func(size uint64) error
+	// Incremental, when set, lets Save share unchanged RAM with an
+	// earlier stream (incremental.go).
+	Incremental *Incremental
 }
 
 // ramIndexEntry is one chunk of the format-2 RAM index.
@@ -202,8 +205,9 @@ func Save(m Machine, w io.WriterAt, opts SaveOptions) (uint64, error) {
 	if g < PageSize || g > ChunkSize || g&(g-1) != 0 {
 		return 0, fmt.Errorf("save VM state: write granule %d is not a power of two from %d to %d", g, PageSize, ChunkSize)
 	}
-	if opts.Prepare != nil {
-		if err := opts.Prepare(p.size()); err != nil {
+	inc, prepare := p.incremental(opts)
+	if prepare != nil {
+		if err := prepare(p.size()); err != nil {
 			return 0, fmt.Errorf("save VM state: prepare the target for %d bytes: %w", p.size(), err)
 		}
 	}
@@ -219,6 +223,9 @@ func Save(m Machine, w io.WriterAt, opts SaveOptions) (uint64, error) {
 		}
 	}
 	err = p.eachChunk(opts.Writers, func(i int) error {
+		if inc != nil {
+			return inc.chunk(p, i, g, w, index, report)
+		}
 		c := p.chunk(i)
 		base := p.ramBase + uint64(i)*ChunkSize
 		zero := true
