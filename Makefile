@@ -4,9 +4,9 @@ GO       ?= go
 BUILD    := build
 BIN      := $(BUILD)/snapvmm
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-GUESTS   := hello counter timer smp fpu smpcount blk fill hostile
+GUESTS   := hello counter timer smp fpu smpcount blk fill hostile scribble
 # Guests that run only in ring 3 take guest_main from user.s.
-USERGUESTS := hello counter fpu blk fill hostile
+USERGUESTS := hello counter fpu blk fill hostile scribble
 GUESTSRC := testdata/guests/src
 GUEST_CACHE ?= $(HOME)/.cache/snapvmm/guest
 

@@ -30,6 +30,7 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 		return nil, fmt.Errorf("lazy RAM load: VM is %s, not stopped", s)
 	}
 	vm.endLazyRAM()
+	vm.dropRAMBase()
 	l, err := newLazyRAM(vm.mem.Bytes(), src, onError, vm.log, opts)
 	if err != nil {
 		return nil, err
@@ -63,6 +64,8 @@ func (m deviceMem) Slice(gpa, n uint64) ([]byte, error) {
 			return nil, err
 		}
 	}
+	// A device may write what it is handed: the next save must see it.
+	m.vm.markDirty(off, n)
 	return m.vm.mem.Bytes()[off : off+n : off+n], nil
 }
 

@@ -102,6 +102,7 @@ func (vm *VM) Reset() error {
 	}
 	vm.mu.Unlock()
 	vm.endLazyRAM() // stop serving a snapshot's RAM: it is discarded
+	vm.dropRAMBase()
 	err := vm.restorePowerOn()
 	vm.mu.Lock()
 	defer vm.unlockAndNotify()

@@ -139,6 +139,9 @@ type VM struct {
 	// lazy is the session serving guest RAM on demand after a lazy load
 	// (lazyram.go), or nil.
 	lazy atomic.Pointer[LazyRAM]
+
+	// dirty tracks RAM changed since the last save or load (dirty.go).
+	dirty dirtyRAM
 }
 
 // ErrBadConfig marks configuration errors a user can fix (bad size, too
@@ -194,7 +197,7 @@ func New(cfg Config) (vm *VM, err error) {
 	if vm.mem, err = kvm.NewMemory(layout.Size()); err != nil {
 		return nil, err
 	}
-	if err = vm.mapMemory(); err != nil {
+	if err = vm.mapMemoryLogged(); err != nil {
 		return nil, err
 	}
 	if err = vm.load(); err != nil {
@@ -211,23 +214,9 @@ func New(cfg Config) (vm *VM, err error) {
 }
 
 func (vm *VM) mapMemory() error {
-	below, err := vm.subMemory(0, vm.layout.Below4G)
-	if err != nil {
-		return err
-	}
-	if err := vm.kvm.SetUserMemoryRegion(0, 0, below); err != nil {
-		return err
-	}
-	if vm.layout.Above4G > 0 {
-		above, err := vm.subMemory(vm.layout.Below4G, vm.layout.Above4G)
-		if err != nil {
-			return err
-		}
-		if err := vm.kvm.SetUserMemoryRegion(1, boot.FourGiB, above); err != nil {
-			return err
-		}
-	}
-	return nil
+	return vm.eachSlot(func(slot uint32, gpa, _ uint64, m *kvm.Memory) error {
+		return vm.kvm.SetUserMemoryRegion(slot, gpa, m)
+	})
 }
 
 // subMemory views part of guest RAM as a kvm.Memory for a memory slot.
