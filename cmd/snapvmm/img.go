@@ -166,6 +166,7 @@ func writeInfo(w io.Writer, n block.Node) {
 	fmt.Fprintf(w, "cluster_size: %d\n", q.ClusterSize())
 	if snaps := q.Snapshots(); len(snaps) > 0 {
 		fmt.Fprint(w, block.FormatSnapshotList(snaps, time.Local))
+		writeVMStateUsage(w, q, snaps)
 	}
 	compat := "1.1"
 	if q.Version() == 2 {
