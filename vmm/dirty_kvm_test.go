@@ -83,12 +83,16 @@ func newImage(t *testing.T) *block.Qcow2 {
 
 // scribble lets the guest run a random while and the VMM write random
 // pages through the devices' view of RAM, then pauses.
-func scribble(t *testing.T, vm *VM, rng *rand.Rand) {
+func scribble(t *testing.T, vm *VM, rng *rand.Rand) { scribbleFor(t, vm, rng, 10, 100) }
+
+// scribbleFor is scribble with the guest running from min to min+spread
+// milliseconds.
+func scribbleFor(t *testing.T, vm *VM, rng *rand.Rand, min, spread int) {
 	t.Helper()
 	if err := vm.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Duration(10+rng.Intn(100)) * time.Millisecond)
+	time.Sleep(time.Duration(min+rng.Intn(spread)) * time.Millisecond)
 	if err := vm.Pause(); err != nil {
 		t.Fatal(err)
 	}
