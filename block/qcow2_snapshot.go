@@ -399,6 +399,9 @@ func (q *Qcow2) createSnapshot(s Snapshot) (Snapshot, error) {
 		s.Date = time.Now()
 	}
 	s.DiskSize = q.h.size
+	if s.VMStateSize > 0 {
+		return q.createMovingVMState(s) // qcow2_vmstate_share.go
+	}
 	// Copy the active L1 to new clusters.
 	size := uint64(len(q.l1)) * 8
 	var l1off uint64

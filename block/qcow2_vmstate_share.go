@@ -1,6 +1,7 @@
 package block
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -140,6 +141,7 @@ func (q *Qcow2) shareVMState(base VMStateRef, off, n uint64) error {
 		}
 		lo, hi := vc&(q.l2n-1), (end-1)&(q.l2n-1)+1
 		ents := make([]uint64, hi-lo)
+		var hosts []uint64 // plain data clusters, raised in one go
 		for c := vc; c < end; c++ {
 			if t[c&(q.l2n-1)] != 0 {
 				return fmt.Errorf("vmstate cluster %d was written before it was shared", c-(q.vmStateOffset()>>q.cbits))
@@ -151,10 +153,15 @@ func (q *Qcow2) shareVMState(base VMStateRef, off, n uint64) error {
 			// A base snapshot's entries never carry COPIED; drop it anyway
 			// so that a writer never writes in place into shared data.
 			e &^= flagCopied
-			if err := q.addEntryRefcount(e, 1); err != nil {
+			if e&flagCompr == 0 && e&offsetMask != 0 {
+				hosts = append(hosts, (e&offsetMask)>>q.cbits)
+			} else if err := q.addEntryRefcount(e, 1); err != nil {
 				return err
 			}
 			ents[c-vc] = e
+		}
+		if err := q.raiseRefcounts(hosts); err != nil {
+			return err
 		}
 		// The table may have been reloaded from disk by loadL2 above (the
 		// cache is small): write the entries into the copy l2ForWrite
@@ -252,4 +259,111 @@ func (q *Qcow2) vmStateUsages() ([]VMStateUsage, error) {
 		out[i].SharedSnapshots = len(others)
 	}
 	return out, nil
+}
+
+// raiseRefcounts adds one to the refcount of every cluster in cs, each
+// refcount block written once over the span it changed rather than once
+// per cluster (an incremental save of 1 GiB shares 16384 clusters). The
+// clusters are in use, so their blocks exist.
+func (q *Qcow2) raiseRefcounts(cs []uint64) error {
+	for i := 0; i < len(cs); {
+		idx := cs[i] / q.rcPerBlk
+		if idx >= uint64(len(q.rt)) || q.rt[idx]&^0x1ff == 0 {
+			return fmt.Errorf("cluster %d in use has no refcount block: image corrupt", cs[i])
+		}
+		off := q.rt[idx] &^ 0x1ff
+		b, err := q.rcBlock(off)
+		if err != nil {
+			return err
+		}
+		lo, hi := q.rcPerBlk, uint64(0)
+		for ; i < len(cs) && cs[i]/q.rcPerBlk == idx; i++ {
+			k := cs[i] % q.rcPerBlk
+			v := uint64(binary.BigEndian.Uint16(b[2*k:])) + 1
+			if v > 0xffff {
+				return fmt.Errorf("refcount of cluster %d would overflow", cs[i])
+			}
+			binary.BigEndian.PutUint16(b[2*k:], uint16(v))
+			lo, hi = min(lo, k), max(hi, k)
+		}
+		if err := q.writeAt(b[2*lo:2*hi+2], off+2*lo); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// createMovingVMState is createSnapshot for a snapshot with vmstate: the
+// vmstate's L2 tables move from the active L1 to the snapshot's instead of
+// being shared and then dropped, which would raise and lower the refcount
+// of every vmstate cluster (twice 16384 writes for 1 GiB of RAM). Only the
+// disk part of the active L1 gains references. The order keeps a crash to
+// leaks: the snapshot's L1 is written, the disk clusters raised, then the
+// active L1 lets go of the vmstate (now referenced by nothing: a leak),
+// its tables lose their COPIED flags, and only then does the snapshot
+// table reference them.
+func (q *Qcow2) createMovingVMState(s Snapshot) (Snapshot, error) {
+	vmFirst := min(q.vmStateOffset()/(q.cs*q.l2n), uint64(len(q.l1)))
+	size := uint64(len(q.l1)) * 8
+	var l1off uint64
+	if size > 0 {
+		var err error
+		if l1off, err = q.alloc((size + q.cs - 1) / q.cs); err != nil {
+			return Snapshot{}, err
+		}
+		snapL1 := make([]uint64, len(q.l1))
+		for i, e := range q.l1 {
+			snapL1[i] = e &^ flagCopied
+		}
+		if err := q.writeAt(encodeTable(snapL1, (size+q.cs-1)&^(q.cs-1)), l1off); err != nil {
+			return Snapshot{}, err
+		}
+	}
+	if err := q.updateRefcounts(q.l1[:vmFirst], 1, true); err != nil {
+		return Snapshot{}, err
+	}
+	if err := q.sync(); err != nil {
+		return Snapshot{}, err
+	}
+	moved := append([]uint64(nil), q.l1[vmFirst:]...)
+	if len(moved) > 0 {
+		clear(q.l1[vmFirst:])
+		if err := q.writeAt(encodeTable(q.l1[vmFirst:], uint64(len(moved))*8), q.h.l1Offset+8*vmFirst); err != nil {
+			return Snapshot{}, err
+		}
+		if err := q.sync(); err != nil {
+			return Snapshot{}, err
+		}
+	}
+	for _, e := range moved {
+		off := e & offsetMask
+		if off == 0 {
+			continue
+		}
+		t, err := q.loadL2(off)
+		if err != nil {
+			return Snapshot{}, err
+		}
+		dirty := false
+		for j, d := range t {
+			if d&flagCopied != 0 {
+				t[j], dirty = d&^flagCopied, true
+			}
+		}
+		if dirty {
+			if err := q.writeAt(encodeTable(t, q.cs), off); err != nil {
+				return Snapshot{}, err
+			}
+		}
+	}
+	if err := q.sync(); err != nil {
+		return Snapshot{}, err
+	}
+	ns := qsnap{l1Offset: l1off, l1Size: uint32(len(q.l1)), id: s.ID, name: s.Name,
+		dateSec: uint32(s.Date.Unix()), dateNsec: uint32(s.Date.Nanosecond()),
+		vmClock: s.VMClockNsec, vmStateSize: s.VMStateSize, diskSize: q.h.size, icount: uint64(s.ICount)}
+	if err := q.writeSnapshots(append(append([]qsnap(nil), q.snaps...), ns)); err != nil {
+		return Snapshot{}, err
+	}
+	return ns.public(), q.sync()
 }

@@ -60,6 +60,7 @@ func main() {
 	snapvmm := flag.String("snapvmm", "build/snapvmm", "snapvmm binary")
 	qemu := flag.String("qemu", "qemu-system-x86_64", "QEMU binary")
 	guest := flag.String("guest", "testdata/guests/fill", "fill guest ELF")
+	incRAM := flag.String("incremental", "256M,1G", "RAM sizes of the incremental-save runs (comma-separated; empty: none)")
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "snapvmm-bench-")
 	if err != nil {
@@ -105,13 +106,30 @@ func main() {
 			fmt.Fprintf(os.Stderr, "bench: %s on %s: %d runs %s\n", s, vmm, r.Runs, r.Error)
 		}
 	}
+	var inc []incResult
+	for _, s := range strings.FieldsFunc(*incRAM, func(r rune) bool { return r == ',' }) {
+		size, err := parseSize(s)
+		if err != nil {
+			fail(fmt.Errorf("-incremental %q: want sizes like 256M,1G", *incRAM))
+		}
+		r := incResult{Scenario: incScenario{RAM: size}}
+		f, err := runIncremental(dir, *snapvmm, *guest, r.Scenario)
+		if err != nil {
+			r.Error = err.Error()
+		} else {
+			r.Figures = &f
+		}
+		inc = append(inc, r)
+		fmt.Fprintf(os.Stderr, "bench: incremental saves of %s: %s\n", block.SizeToStr(size), r.Error)
+	}
 	if *jsonOut {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
-		enc.Encode(map[string]any{"limits": lim, "results": results})
+		enc.Encode(map[string]any{"limits": lim, "results": results, "incremental": inc})
 		return
 	}
 	printMarkdown(lim, results)
+	printIncremental(inc, results)
 }
 
 func fail(err error) {

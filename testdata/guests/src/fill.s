@@ -3,6 +3,10 @@
 # page number, prints "fill ready", then spins without privileged
 # instructions. The benchmark patches `fill_params` in a copy of this ELF;
 # it computes the same content for QEMU's memory file (tests/bench).
+# With `listen` set it waits for bytes on COM1 instead of spinning: each
+# one rewrites `dirty_permille`/1000 of the 64 KiB groups of pages from
+# 4 MiB (16 pages each, chosen by a hash of the group and the round) and
+# prints "dirtied" (the incremental-save benchmark).
 	.code64
 	.text
 	.global	user_main
@@ -49,10 +53,66 @@ user_main:
 	jmp	1b
 4:	lea	ready(%rip), %rdi
 	call	puts
+	cmpq	$0, fill_params+16(%rip)	# listen
+	jne	6f
 5:	jmp	5b
+6:	xor	%r15, %r15			# round
+7:	mov	$0x3fd, %dx			# wait for a byte (LSR.DR)
+8:	inb	%dx, %al
+	test	$1, %al
+	jz	8b
+	mov	$0x3f8, %dx
+	inb	%dx, %al
+	inc	%r15
+	mov	$64, %rbx			# first group: 4 MiB
+	mov	%r14, %r13
+	shr	$4, %r13			# groups of 16 pages
+9:	cmp	%r13, %rbx
+	jae	12f
+	# h = ((round << 32 ^ group) * 0x9e3779b97f4a7c15) >> 32, chosen when
+	# h % 1000 < dirty_permille
+	mov	%r15, %rax
+	shl	$32, %rax
+	xor	%rbx, %rax
+	mov	$0x9e3779b97f4a7c15, %rcx
+	imul	%rcx, %rax
+	shr	$32, %rax
+	xor	%edx, %edx
+	mov	$1000, %ecx
+	div	%rcx
+	cmp	fill_params+24(%rip), %rdx
+	jae	11f
+	# x = (group * 0x2545f4914f6cdd1d) ^ round | 1, 8192 xorshift64 words
+	mov	%rbx, %rax
+	mov	$0x2545f4914f6cdd1d, %rcx
+	imul	%rcx, %rax
+	xor	%r15, %rax
+	or	$1, %rax
+	mov	%rbx, %rdi
+	shl	$16, %rdi
+	mov	$8192, %ecx
+10:	mov	%rax, %rdx
+	shl	$13, %rdx
+	xor	%rdx, %rax
+	mov	%rax, %rdx
+	shr	$7, %rdx
+	xor	%rdx, %rax
+	mov	%rax, %rdx
+	shl	$17, %rdx
+	xor	%rdx, %rax
+	mov	%rax, (%rdi)
+	add	$8, %rdi
+	dec	%ecx
+	jnz	10b
+11:	inc	%rbx
+	jmp	9b
+12:	lea	dirtied(%rip), %rdi
+	call	puts
+	jmp	7b
 
 	.section .rodata
 ready:	.asciz	"fill ready\n"
+dirtied: .asciz	"dirtied\n"
 
 	.data
 	.align	8
@@ -60,4 +120,6 @@ ready:	.asciz	"fill ready\n"
 fill_params:
 	.quad	100				# permille
 	.quad	0x1234567				# seed
+	.quad	0				# listen
+	.quad	10				# dirty_permille
 
