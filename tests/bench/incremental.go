@@ -49,8 +49,10 @@ type incResult struct {
 	Error    string      `json:"error,omitempty"`
 }
 
-// setFillParams writes a copy of the fill guest with every parameter set.
-func setFillParams(dir, guest string, params ...uint64) (string, error) {
+// setFillParams writes a copy of the fill guest to path with the first
+// len(params) words of fill_params set (permille, seed, listen,
+// dirty_permille).
+func setFillParams(path, guest string, params ...uint64) (string, error) {
 	b, err := os.ReadFile(guest)
 	if err != nil {
 		return "", err
@@ -72,8 +74,7 @@ func setFillParams(dir, guest string, params ...uint64) (string, error) {
 		for i, v := range params {
 			binary.LittleEndian.PutUint64(b[off+8*uint64(i):], v)
 		}
-		p := filepath.Join(dir, "fill-guest-listen")
-		return p, os.WriteFile(p, b, 0o644)
+		return path, os.WriteFile(path, b, 0o644)
 	}
 	return "", errors.New("fill guest has no fill_params symbol")
 }
@@ -91,7 +92,7 @@ func diskUsed(path string) (uint64, error) {
 // incChain times while idle, then once after it rewrote 1% of its pages.
 func runIncremental(dir, bin, guest string, s incScenario) (incFigures, error) {
 	var f incFigures
-	g, err := setFillParams(dir, guest, incFillPermille, seed, 1, incDirtyPermille)
+	g, err := setFillParams(filepath.Join(dir, "fill-guest-listen"), guest, incFillPermille, seed, 1, incDirtyPermille)
 	if err != nil {
 		return f, err
 	}

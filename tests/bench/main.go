@@ -7,10 +7,8 @@ package main
 
 import (
 	"bytes"
-	"debug/elf"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -193,30 +191,7 @@ func memoryFile(path string, s scenario) error {
 
 // patchedGuest writes a copy of the fill guest with its parameters set.
 func patchedGuest(dir, guest string, s scenario) (string, error) {
-	b, err := os.ReadFile(guest)
-	if err != nil {
-		return "", err
-	}
-	f, err := elf.NewFile(bytes.NewReader(b))
-	if err != nil {
-		return "", err
-	}
-	syms, err := f.Symbols()
-	if err != nil {
-		return "", err
-	}
-	for _, sym := range syms {
-		if sym.Name != "fill_params" {
-			continue
-		}
-		sec := f.Sections[sym.Section]
-		off := sec.Offset + sym.Value - sec.Addr
-		binary.LittleEndian.PutUint64(b[off:], s.Permille)
-		binary.LittleEndian.PutUint64(b[off+8:], seed)
-		p := filepath.Join(dir, "fill-guest")
-		return p, os.WriteFile(p, b, 0o644)
-	}
-	return "", errors.New("fill guest has no fill_params symbol")
+	return setFillParams(filepath.Join(dir, "fill-guest"), guest, s.Permille, seed)
 }
 
 func freshImage(dir string) (string, error) {
