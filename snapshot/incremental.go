@@ -124,13 +124,9 @@ func (s *incSave) saveChunk(p *plan, i int, g uint64, w io.WriterAt, index []ram
 		}
 		return 0, uint64(len(c)), nil
 	}
-	zero := true
 	for off := uint64(0); off < uint64(len(c)); off += g {
 		gr := c[off:min(off+g, uint64(len(c)))]
 		if !s.dirty(first+off/PageSize, (uint64(len(gr))+PageSize-1)/PageSize) {
-			if zero && !isZero(gr) {
-				zero = false
-			}
 			if err := s.in.Share(base+off, uint64(len(gr))); err != nil {
 				return 0, 0, fmt.Errorf("share RAM at stream offset %d with the base: %w", base+off, err)
 			}
@@ -140,14 +136,31 @@ func (s *incSave) saveChunk(p *plan, i int, g uint64, w io.WriterAt, index []ram
 		if isZero(gr) {
 			continue // reads as zeros: Prepare left the new area empty
 		}
-		zero = false
 		if _, err := w.WriteAt(gr, int64(base+off)); err != nil {
 			return 0, 0, fmt.Errorf("write RAM chunk %d at stream offset %d: %w", i, base+off, err)
 		}
 		written += uint64(len(gr))
 	}
-	index[i] = ramIndexEntry{crc: crc32.Checksum(c, castagnoli), zero: zero}
+	// Only a chunk whose CRC is that of zeros can be all zeros: the clean
+	// granules are not read.
+	crc, err := s.chunkCRC(p, i, g)
+	if err != nil {
+		return 0, 0, err
+	}
+	index[i] = ramIndexEntry{crc: crc, zero: crc == zeroCRC(uint64(len(c))) && isZero(c)}
 	return written, shared, nil
+}
+
+var zeroCRCs sync.Map // length -> CRC32C of that many zero bytes
+
+// zeroCRC is the CRC32C of n zero bytes.
+func zeroCRC(n uint64) uint32 {
+	if v, ok := zeroCRCs.Load(n); ok {
+		return v.(uint32)
+	}
+	crc := crc32.Checksum(make([]byte, n), castagnoli)
+	zeroCRCs.Store(n, crc)
+	return crc
 }
 
 // incremental decides between an incremental and a full save and returns

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/kvm"
@@ -206,6 +207,7 @@ func (vm *VM) incrementalFor(area block.VMStateArea) (*snapshot.Incremental, str
 // saveToAreaTracked saves into a vmstate area, sharing with the RAM base
 // where it can, and records what it did.
 func (vm *VM) saveToAreaTracked(area block.VMStateArea, progress snapshot.Progress) (uint64, error) {
+	start := time.Now()
 	inc, why := vm.incrementalFor(area)
 	n, err := saveToArea(vm, area, progress, inc)
 	if err != nil {
@@ -217,10 +219,10 @@ func (vm *VM) saveToAreaTracked(area block.VMStateArea, progress snapshot.Progre
 	}
 	switch {
 	case res.Used:
-		vm.log.Infof("snapshot-save: incremental: wrote %s of RAM, shared %s with snapshot %q",
-			block.SizeToStr(res.Written), block.SizeToStr(res.Shared), inc.Base.(*snapshotReader).id)
+		vm.log.Infof("snapshot-save: incremental: wrote %s of RAM, shared %s with snapshot %q, in %v",
+			block.SizeToStr(res.Written), block.SizeToStr(res.Shared), inc.Base.(*snapshotReader).id, time.Since(start).Round(time.Millisecond))
 	default:
-		vm.log.Infof("snapshot-save: all of RAM: %s", res.Reason)
+		vm.log.Infof("snapshot-save: all of RAM in %v: %s", time.Since(start).Round(time.Millisecond), res.Reason)
 	}
 	vm.dirty.mu.Lock()
 	vm.dirty.last = res
