@@ -1,6 +1,7 @@
 package block
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -44,18 +45,46 @@ func (s qsnap) ref() VMStateRef {
 		Date: time.Unix(int64(s.dateSec), int64(s.dateNsec))}
 }
 
-// VMStateRef implements VMStateSharer.
+// VMStateRef implements VMStateSharer. It answers false also where the
+// snapshot table in the file is not the one this node wrote or read:
+// another process changed the image, so nothing in it may be shared.
 func (q *Qcow2) VMStateRef(idOrName string) (VMStateRef, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if i := q.find(idOrName); i >= 0 {
+	if i := q.find(idOrName); i >= 0 && q.tableOnDisk() == nil {
 		return q.snaps[i].ref(), true
 	}
 	return VMStateRef{}, false
 }
 
+// tableOnDisk checks that the header and snapshot table in the file are
+// the ones in memory.
+func (q *Qcow2) tableOnDisk() error {
+	hb := make([]byte, 12)
+	if _, err := q.f.ReadAt(hb, hdrOffSnaps); err != nil {
+		return fmt.Errorf("read the header: %w", err)
+	}
+	nb, off := binary.BigEndian.Uint32(hb), binary.BigEndian.Uint64(hb[4:])
+	if nb != q.h.nbSnapshots || off != q.h.snapshotsOffset {
+		return fmt.Errorf("the image's snapshot table moved (%d at %#x, %d at %#x here): %w",
+			nb, off, q.h.nbSnapshots, q.h.snapshotsOffset, ErrVMStateBaseChanged)
+	}
+	tbl := encodeSnapshots(q.snaps)
+	disk := make([]byte, len(tbl))
+	if _, err := q.f.ReadAt(disk, int64(off)); err != nil && len(tbl) > 0 {
+		return fmt.Errorf("read the snapshot table: %w", err)
+	}
+	if !bytes.Equal(disk, tbl) {
+		return fmt.Errorf("the image's snapshot table changed: %w", ErrVMStateBaseChanged)
+	}
+	return nil
+}
+
 // snapByRef returns the snapshot base names, if it is still that one.
 func (q *Qcow2) snapByRef(base VMStateRef) (qsnap, error) {
+	if err := q.tableOnDisk(); err != nil {
+		return qsnap{}, err
+	}
 	for _, s := range q.snaps {
 		if s.id == base.ID {
 			if r := s.ref(); r.L1Offset != base.L1Offset || r.VMStateSize != base.VMStateSize || !r.Date.Equal(base.Date) {

@@ -280,3 +280,26 @@ func TestKillDuringIncrementalSave(t *testing.T) {
 		qemuCheckClean(t, path)
 	}
 }
+
+// TestShareVMStateRefusesImageChangedElsewhere: a snapshot table changed
+// by another process (here a second handle) makes the base doubtful.
+func TestShareVMStateRefusesImageChangedElsewhere(t *testing.T) {
+	const cs = 64 << 10
+	p := tmpImage(t, 8<<20, CreateOptions{ClusterSize: cs})
+	q := open(t, p)
+	defer q.Close()
+	saveArea(t, q, "a", pattern(1, 4*cs))
+	r := ref(t, q, "a")
+	other := open(t, p)
+	saveArea(t, other, "b", pattern(2, 4*cs))
+	other.Close()
+	if _, ok := q.VMStateRef("a"); ok {
+		t.Fatal("VMStateRef trusts a snapshot table changed behind its back")
+	}
+	if err := q.BeginVMState(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.ShareVMState(r, 0, cs); !errors.Is(err, ErrVMStateBaseChanged) {
+		t.Fatalf("share after another process changed the image: %v", err)
+	}
+}
