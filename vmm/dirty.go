@@ -15,16 +15,23 @@ import (
 
 // dirtyRAM knows which pages of guest RAM changed since the VM's RAM was
 // last equal to a snapshot's (its RAM base: the snapshot last saved or
-// loaded): KVM's dirty log for the guest's writes (and KVM's own, such as
-// kvmclock), joined with the VMM's writes through deviceMem. Where it
-// cannot know (no base, a failed harvest), the next save is a full one.
+// loaded; for a save, from its save point on, whether or not the VM ran
+// before the snapshot was made): KVM's dirty log for the guest's writes
+// (and KVM's own, such as kvmclock), joined with the VMM's writes through
+// deviceMem. Where it cannot know (no base, a failed harvest), the next
+// save is a full one.
 type dirtyRAM struct {
 	mu     sync.Mutex
 	logged bool     // the memory slots log dirty pages
 	bits   []uint64 // bit p: page p of guest RAM (vm.mem order) changed
 	slot   []uint64 // KVM_GET_DIRTY_LOG buffer
 	base   *ramBase
-	last   snapshot.IncrementalResult
+	// saved are the pages the last successful SaveStateTo took at its
+	// save point (changed between base and it), savedTo its node, until
+	// RAMSavedAs makes that state the base.
+	saved   []uint64
+	savedTo block.VMStateArea
+	last    snapshot.IncrementalResult
 }
 
 // ramBase is the snapshot guest RAM was last equal to.
@@ -123,44 +130,73 @@ func orBits(dst []uint64, at uint64, src []uint64, n uint64) {
 	}
 }
 
-// SetRAMBase tells the stopped VM that guest RAM now equals the RAM of
-// snapshot idOrName in node (it was just saved there or loaded from
-// there), so that the next save to node may write only what changes from
-// now on and share the rest. Nodes that cannot share vmstate, or a
-// snapshot that is not there, leave the VM without a base.
-func (vm *VM) SetRAMBase(node block.Snapshotter, idOrName string) {
+// RAMLoadedFrom tells the stopped VM that guest RAM now equals the RAM of
+// snapshot id in node (a load from there just succeeded), so that the
+// next save to node may write only what changes from now on and share
+// the rest. Nodes that cannot share vmstate, or a snapshot that is not
+// there, leave the VM without a base.
+func (vm *VM) RAMLoadedFrom(node block.Snapshotter, id string) {
 	d := &vm.dirty
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.base = nil
-	clear(d.bits)
-	if !d.logged {
+	d.base, d.saved, d.savedTo = nil, nil, nil
+	// What KVM logged until now is part of the loaded RAM.
+	if err := vm.harvestSavePoint(); err != nil {
 		return
 	}
+	d.base = baseOf(node, id)
+}
+
+// RAMSavedAs tells the VM that its last SaveStateTo became snapshot id of
+// node: that snapshot is the base of the next save, which writes what
+// changed since the save point (the VM may have run since).
+func (vm *VM) RAMSavedAs(node block.Snapshotter, id string) {
+	d := &vm.dirty
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.savedTo == nil || block.Snapshotter(d.savedTo) != node {
+		d.base = nil
+		return
+	}
+	d.base, d.saved, d.savedTo = baseOf(node, id), nil, nil
+}
+
+// baseOf is snapshot id of node as a RAM base, or nil.
+func baseOf(node block.Snapshotter, id string) *ramBase {
 	sh, ok := node.(block.VMStateSharer)
 	if !ok {
-		return
+		return nil
 	}
-	ref, ok := sh.VMStateRef(idOrName)
-	if !ok {
-		return
+	ref, ok := sh.VMStateRef(id)
+	if !ok || ref.ID != id {
+		return nil
 	}
-	// What KVM logged until now is part of the snapshot's RAM.
-	if err := vm.harvest(); err != nil {
-		vm.log.Warnf("the next snapshot-save writes all of RAM: %v", err)
-		return
+	return &ramBase{node: sh, ref: ref}
+}
+
+// harvestSavePoint makes now the point d.bits count from: KVM's log is
+// collected and cleared, the bitmap emptied. d.mu held.
+func (vm *VM) harvestSavePoint() error {
+	d := &vm.dirty
+	if !d.logged {
+		return errors.New("guest RAM is not dirty-logged")
 	}
+	err := vm.harvest()
 	clear(d.bits)
-	d.base = &ramBase{node: sh, ref: ref}
+	if err != nil {
+		d.base = nil
+		vm.log.Warnf("the next snapshot-save writes all of RAM: %v", err)
+	}
+	return err
 }
 
 // dropRAMBase forgets the RAM base before guest RAM is replaced (a load,
-// a reset): until SetRAMBase, saves are full ones.
+// a reset): until RAMLoadedFrom or RAMSavedAs, saves are full ones.
 func (vm *VM) dropRAMBase() {
 	d := &vm.dirty
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.base = nil
+	d.base, d.saved, d.savedTo = nil, nil, nil
 }
 
 // LastSave says whether the last save to a vmstate area was incremental,
@@ -172,44 +208,69 @@ func (vm *VM) LastSave() snapshot.IncrementalResult {
 	return d.last
 }
 
-// incrementalFor returns how a save to area can share with the RAM base,
-// or a reason why it cannot.
-func (vm *VM) incrementalFor(area block.VMStateArea) (*snapshot.Incremental, string) {
+// beginSave marks the save point: it takes the pages changed since the
+// base (those of a saved state that never became a snapshot included) and
+// starts counting afresh. It returns them and how the save to area can
+// share with the base, or why it cannot.
+func (vm *VM) beginSave(area block.VMStateArea) (taken []uint64, inc *snapshot.Incremental, why string) {
 	d := &vm.dirty
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	b := d.base
-	switch {
-	case !d.logged:
-		return nil, "guest RAM is not dirty-logged"
-	case b == nil:
-		return nil, "no base snapshot since the VM started, was reset or loaded from elsewhere"
-	case block.VMStateArea(b.node) != area:
-		return nil, "the base snapshot is on another node"
-	}
-	if cur, ok := b.node.VMStateRef(b.ref.ID); !ok || cur != b.ref {
-		d.base = nil
-		return nil, fmt.Sprintf("base snapshot %q was deleted or replaced", b.ref.ID)
+	if !d.logged {
+		return nil, nil, "guest RAM is not dirty-logged"
 	}
 	if err := vm.harvest(); err != nil {
 		d.base = nil
-		return nil, err.Error()
+		return nil, nil, err.Error()
 	}
-	return &snapshot.Incremental{
+	taken = append([]uint64(nil), d.bits...)
+	orBits(taken, 0, d.saved, uint64(len(d.saved))*64)
+	clear(d.bits)
+	d.saved, d.savedTo = nil, nil
+	b := d.base
+	switch {
+	case b == nil:
+		return taken, nil, "no base snapshot since the VM started, was reset or loaded from elsewhere"
+	case block.VMStateArea(b.node) != area:
+		return taken, nil, "the base snapshot is on another node"
+	}
+	if cur, ok := b.node.VMStateRef(b.ref.ID); !ok || cur != b.ref {
+		d.base = nil
+		return taken, nil, fmt.Sprintf("base snapshot %q was deleted, replaced or changed by another process", b.ref.ID)
+	}
+	return taken, &snapshot.Incremental{
 		Base:     &snapshotReader{s: b.node, id: b.ref.ID, size: b.ref.VMStateSize},
 		BaseSize: b.ref.VMStateSize,
-		Dirty:    append([]uint64(nil), d.bits...),
+		Dirty:    taken,
 		Prepare:  func(uint64) error { return area.BeginVMState(0) },
 		Share:    func(off, n uint64) error { return b.node.ShareVMState(b.ref, off, n) },
 	}, ""
+}
+
+// endSave keeps the pages taken at the save point: a failed save gives
+// them back; a saved state waits for RAMSavedAs with them, and where that
+// never comes (its snapshot failed) the next save takes them again.
+func (vm *VM) endSave(area block.VMStateArea, taken []uint64, ok bool) {
+	d := &vm.dirty
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if taken == nil {
+		return
+	}
+	if !ok {
+		orBits(d.bits, 0, taken, uint64(len(taken))*64)
+		return
+	}
+	d.saved, d.savedTo = taken, area
 }
 
 // saveToAreaTracked saves into a vmstate area, sharing with the RAM base
 // where it can, and records what it did.
 func (vm *VM) saveToAreaTracked(area block.VMStateArea, progress snapshot.Progress) (uint64, error) {
 	start := time.Now()
-	inc, why := vm.incrementalFor(area)
+	taken, inc, why := vm.beginSave(area)
 	n, err := saveToArea(vm, area, progress, inc)
+	vm.endSave(area, taken, err == nil)
 	if err != nil {
 		return n, err
 	}

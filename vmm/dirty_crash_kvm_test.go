@@ -41,7 +41,7 @@ func TestIncrementalCrashHelper(t *testing.T) {
 	if err := vm.LoadState(&snapshotReader{s: q, id: sn.ID, size: sn.VMStateSize}, sn.VMStateSize); err != nil {
 		t.Fatal(err)
 	}
-	vm.SetRAMBase(q, sn.ID)
+	vm.RAMLoadedFrom(q, sn.ID)
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	prev := ""
 	for i := 0; ; i++ {
@@ -60,7 +60,7 @@ func TestIncrementalCrashHelper(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		vm.SetRAMBase(q, s.ID)
+		vm.RAMSavedAs(q, s.ID)
 		if prev != "" {
 			if err := q.DeleteSnapshot(prev); err != nil {
 				t.Fatal(err)

@@ -53,7 +53,7 @@ func saveSnap(t *testing.T, vm *VM, q *block.Qcow2, name string) (savedSnap, sna
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm.SetRAMBase(q, s.ID)
+	vm.RAMSavedAs(q, s.ID)
 	qemuCheck(t, q, "after saving "+name)
 	return savedSnap{id: s.ID, sum: sum}, res
 }
@@ -71,7 +71,7 @@ func loadSnap(t *testing.T, vm *VM, q *block.Qcow2, s savedSnap) {
 	if sha256.Sum256(vm.RAM()) != s.sum {
 		t.Fatalf("RAM after loading snapshot %s differs from the save", s.id)
 	}
-	vm.SetRAMBase(q, s.id)
+	vm.RAMLoadedFrom(q, s.id)
 }
 
 func newImage(t *testing.T) *block.Qcow2 {
@@ -214,5 +214,53 @@ func TestIncrementalSaveNeedsKnownBase(t *testing.T) {
 	}
 	if _, res = saveSnap(t, vm, q, "d"); res.Used {
 		t.Fatal("save after a reset shared with the snapshot loaded before")
+	}
+}
+
+// TestIncrementalSaveKeepsChangesAroundTheSavePoint: pages the guest and
+// the devices change after a save point, before its snapshot is made, and
+// those of a saved state whose snapshot was never made, all reach the
+// next save.
+func TestIncrementalSaveKeepsChangesAroundTheSavePoint(t *testing.T) {
+	vm, out := newGuestVM(t, "scribble", 1)
+	q := newImage(t)
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	if err := vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "scribble ready\n", 30*time.Second)
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	var snaps []savedSnap
+	s, _ := saveSnap(t, vm, q, "base")
+	snaps = append(snaps, s)
+	for i := 0; i < 4; i++ {
+		scribble(t, vm, rng)
+		// A saved state whose snapshot is never made.
+		if _, err := vm.SaveStateTo(q, nil); err != nil {
+			t.Fatal(err)
+		}
+		scribble(t, vm, rng)
+		// The save point; the VM runs before the snapshot is made.
+		size, err := vm.SaveStateTo(q, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res := vm.LastSave(); !res.Used {
+			t.Fatalf("round %d: %+v, want an incremental save", i, res)
+		}
+		sum := sha256.Sum256(vm.RAM())
+		scribble(t, vm, rng)
+		sn, err := q.CreateSnapshot(block.Snapshot{Name: fmt.Sprintf("r%d", i), VMStateSize: size, ICount: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		vm.RAMSavedAs(q, sn.ID)
+		snaps = append(snaps, savedSnap{id: sn.ID, sum: sum})
+		qemuCheck(t, q, sn.Name)
+	}
+	for _, s := range snaps {
+		loadSnap(t, vm, q, s)
 	}
 }

@@ -170,22 +170,18 @@ func (m *Monitor) saveSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 	if err != nil {
 		return err
 	}
-	m.setRAMBase(vs, made.ID)
+	if b, ok := m.guest.(ramBaser); ok {
+		b.RAMSavedAs(vs, made.ID)
+	}
 	return nil
 }
 
 // ramBaser is a guest that saves incrementally: it is told which snapshot
-// its RAM equals after a save or a load.
+// its RAM equals after a save or a load, by id (a tag may also be another
+// snapshot's id), so that its next save shares what did not change.
 type ramBaser interface {
-	SetRAMBase(node block.Snapshotter, idOrName string)
-}
-
-// setRAMBase makes snapshot id of vs the guest's RAM base, where the
-// guest keeps one. By id: a tag may also be another snapshot's id.
-func (m *Monitor) setRAMBase(vs block.Snapshotter, id string) {
-	if b, ok := m.guest.(ramBaser); ok {
-		b.SetRAMBase(vs, id)
-	}
+	RAMSavedAs(node block.Snapshotter, id string)
+	RAMLoadedFrom(node block.Snapshotter, id string)
 }
 
 // createOnAll creates the snapshot on every node, the VM state size on the
@@ -277,7 +273,9 @@ func (m *Monitor) loadSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 	if ctx != nil {
 		ctx.Progress(sn.VMStateSize, sn.VMStateSize)
 	}
-	m.setRAMBase(vs, sn.ID)
+	if b, ok := m.guest.(ramBaser); ok {
+		b.RAMLoadedFrom(vs, sn.ID)
+	}
 	if wasRunning {
 		return runState(m.guest.SetState(vmm.StateRunning))
 	}
