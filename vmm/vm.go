@@ -369,7 +369,9 @@ func setLINT(c *kvm.VCPU) error {
 	return c.SetLAPIC(l)
 }
 
-// Mem is guest RAM with its layout.
+// Mem is guest RAM with its layout, for the loader and for reading. Writes
+// through it escape dirty tracking (dirty.go): a writer that is not the
+// loader goes through the devices' view (deviceMem) instead.
 func (vm *VM) Mem() boot.Mem { return boot.Mem{L: vm.layout, B: vm.mem.Bytes()} }
 
 // VCPUCount is the number of vCPUs.
