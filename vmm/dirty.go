@@ -135,16 +135,19 @@ func orBits(dst []uint64, at uint64, src []uint64, n uint64) {
 // next save to node may write only what changes from now on and share
 // the rest. Nodes that cannot share vmstate, or a snapshot that is not
 // there, leave the VM without a base.
+//
+// KVM's log is left as it is: a lazy load may still be filling RAM through
+// userfaultfd, and the pages it holds from before the load only make the
+// next save write a few more clusters.
 func (vm *VM) RAMLoadedFrom(node block.Snapshotter, id string) {
 	d := &vm.dirty
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.base, d.saved, d.savedTo = nil, nil, nil
-	// What KVM logged until now is part of the loaded RAM.
-	if err := vm.harvestSavePoint(); err != nil {
-		return
+	clear(d.bits)
+	if d.logged {
+		d.base = baseOf(node, id)
 	}
-	d.base = baseOf(node, id)
 }
 
 // RAMSavedAs tells the VM that its last SaveStateTo became snapshot id of
@@ -172,22 +175,6 @@ func baseOf(node block.Snapshotter, id string) *ramBase {
 		return nil
 	}
 	return &ramBase{node: sh, ref: ref}
-}
-
-// harvestSavePoint makes now the point d.bits count from: KVM's log is
-// collected and cleared, the bitmap emptied. d.mu held.
-func (vm *VM) harvestSavePoint() error {
-	d := &vm.dirty
-	if !d.logged {
-		return errors.New("guest RAM is not dirty-logged")
-	}
-	err := vm.harvest()
-	clear(d.bits)
-	if err != nil {
-		d.base = nil
-		vm.log.Warnf("the next snapshot-save writes all of RAM: %v", err)
-	}
-	return err
 }
 
 // dropRAMBase forgets the RAM base before guest RAM is replaced (a load,
