@@ -80,11 +80,9 @@ func (q *Qcow2) tableOnDisk() error {
 	return nil
 }
 
-// snapByRef returns the snapshot base names, if it is still that one.
+// snapByRef returns the snapshot base names, if it is still that one in
+// the node's table (VMStateRef, once per save, checked the file's).
 func (q *Qcow2) snapByRef(base VMStateRef) (qsnap, error) {
-	if err := q.tableOnDisk(); err != nil {
-		return qsnap{}, err
-	}
 	for _, s := range q.snaps {
 		if s.id == base.ID {
 			if r := s.ref(); r.L1Offset != base.L1Offset || r.VMStateSize != base.VMStateSize || !r.Date.Equal(base.Date) {

@@ -124,14 +124,26 @@ func (s *incSave) saveChunk(p *plan, i int, g uint64, w io.WriterAt, index []ram
 		}
 		return 0, uint64(len(c)), nil
 	}
+	// Runs of clean granules are shared in one call each.
+	run := uint64(0) // clean bytes before off not shared yet
+	flush := func(off uint64) error {
+		if run == 0 {
+			return nil
+		}
+		if err := s.in.Share(base+off-run, run); err != nil {
+			return fmt.Errorf("share RAM at stream offset %d with the base: %w", base+off-run, err)
+		}
+		shared, run = shared+run, 0
+		return nil
+	}
 	for off := uint64(0); off < uint64(len(c)); off += g {
 		gr := c[off:min(off+g, uint64(len(c)))]
 		if !s.dirty(first+off/PageSize, (uint64(len(gr))+PageSize-1)/PageSize) {
-			if err := s.in.Share(base+off, uint64(len(gr))); err != nil {
-				return 0, 0, fmt.Errorf("share RAM at stream offset %d with the base: %w", base+off, err)
-			}
-			shared += uint64(len(gr))
+			run += uint64(len(gr))
 			continue
+		}
+		if err := flush(off); err != nil {
+			return 0, 0, err
 		}
 		if isZero(gr) {
 			continue // reads as zeros: Prepare left the new area empty
@@ -140,6 +152,9 @@ func (s *incSave) saveChunk(p *plan, i int, g uint64, w io.WriterAt, index []ram
 			return 0, 0, fmt.Errorf("write RAM chunk %d at stream offset %d: %w", i, base+off, err)
 		}
 		written += uint64(len(gr))
+	}
+	if err := flush(uint64(len(c))); err != nil {
+		return 0, 0, err
 	}
 	// Only a chunk whose CRC is that of zeros can be all zeros: the clean
 	// granules are not read.
