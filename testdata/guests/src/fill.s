@@ -17,38 +17,18 @@ user_main:
 	shr	$12, %r14			# pages of RAM
 1:	cmp	%r14, %rbx
 	jae	4f
-	# h = (page * 0x9e3779b97f4a7c15) >> 32, chosen when h % 1000 < permille
+	# chosen when hash(page) % 1000 < permille
 	mov	%rbx, %rax
-	mov	$0x9e3779b97f4a7c15, %rcx
-	imul	%rcx, %rax
-	shr	$32, %rax
-	xor	%edx, %edx
-	mov	$1000, %ecx
-	div	%rcx
+	call	pick
 	cmp	%r12, %rdx
 	jae	3f
 	# x = seed ^ (page * 0x2545f4914f6cdd1d) | 1, then 512 xorshift64 words
 	mov	%rbx, %rax
-	mov	$0x2545f4914f6cdd1d, %rcx
-	imul	%rcx, %rax
-	xor	%r13, %rax
-	or	$1, %rax
+	mov	%r13, %rsi
 	mov	%rbx, %rdi
 	shl	$12, %rdi
 	mov	$512, %ecx
-2:	mov	%rax, %rdx
-	shl	$13, %rdx
-	xor	%rdx, %rax
-	mov	%rax, %rdx
-	shr	$7, %rdx
-	xor	%rdx, %rax
-	mov	%rax, %rdx
-	shl	$17, %rdx
-	xor	%rdx, %rax
-	mov	%rax, (%rdi)
-	add	$8, %rdi
-	dec	%ecx
-	jnz	2b
+	call	xorfill
 3:	inc	%rbx
 	jmp	1b
 4:	lea	ready(%rip), %rdi
@@ -69,29 +49,44 @@ user_main:
 	shr	$4, %r13			# groups of 16 pages
 9:	cmp	%r13, %rbx
 	jae	12f
-	# h = ((round << 32 ^ group) * 0x9e3779b97f4a7c15) >> 32, chosen when
-	# h % 1000 < dirty_permille
+	# chosen when hash(round << 32 ^ group) % 1000 < dirty_permille
 	mov	%r15, %rax
 	shl	$32, %rax
 	xor	%rbx, %rax
+	call	pick
+	cmp	fill_params+24(%rip), %rdx
+	jae	11f
+	# x = (group * 0x2545f4914f6cdd1d) ^ round | 1, 8192 xorshift64 words
+	mov	%rbx, %rax
+	mov	%r15, %rsi
+	mov	%rbx, %rdi
+	shl	$16, %rdi
+	mov	$8192, %ecx
+	call	xorfill
+11:	inc	%rbx
+	jmp	9b
+12:	lea	dirtied(%rip), %rdi
+	call	puts
+	jmp	7b
+
+# pick: %rdx = ((%rax * 0x9e3779b97f4a7c15) >> 32) % 1000
+pick:
 	mov	$0x9e3779b97f4a7c15, %rcx
 	imul	%rcx, %rax
 	shr	$32, %rax
 	xor	%edx, %edx
 	mov	$1000, %ecx
 	div	%rcx
-	cmp	fill_params+24(%rip), %rdx
-	jae	11f
-	# x = (group * 0x2545f4914f6cdd1d) ^ round | 1, 8192 xorshift64 words
-	mov	%rbx, %rax
-	mov	$0x2545f4914f6cdd1d, %rcx
-	imul	%rcx, %rax
-	xor	%r15, %rax
+	ret
+
+# xorfill: from x = (%rax * 0x2545f4914f6cdd1d) ^ %rsi | 1, stores %ecx
+# xorshift64 words at %rdi.
+xorfill:
+	mov	$0x2545f4914f6cdd1d, %rdx
+	imul	%rdx, %rax
+	xor	%rsi, %rax
 	or	$1, %rax
-	mov	%rbx, %rdi
-	shl	$16, %rdi
-	mov	$8192, %ecx
-10:	mov	%rax, %rdx
+1:	mov	%rax, %rdx
 	shl	$13, %rdx
 	xor	%rdx, %rax
 	mov	%rax, %rdx
@@ -103,12 +98,8 @@ user_main:
 	mov	%rax, (%rdi)
 	add	$8, %rdi
 	dec	%ecx
-	jnz	10b
-11:	inc	%rbx
-	jmp	9b
-12:	lea	dirtied(%rip), %rdi
-	call	puts
-	jmp	7b
+	jnz	1b
+	ret
 
 	.section .rodata
 ready:	.asciz	"fill ready\n"
