@@ -74,15 +74,8 @@ func TestIncrementalCrashHelper(t *testing.T) {
 // saves: qemu-img check finds leaks at most, and the base snapshot loads
 // with the RAM it was saved with.
 func TestKillDuringIncrementalSave(t *testing.T) {
-	vm, out := newGuestVM(t, "scribble", 1)
+	vm := pausedScribble(t)
 	q := newImage(t)
-	if err := vm.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	out.waitFor(t, "scribble ready\n", 30*time.Second)
-	if err := vm.Pause(); err != nil {
-		t.Fatal(err)
-	}
 	base, _ := saveSnap(t, vm, q, "base")
 	path := q.Filename()
 	if err := q.Close(); err != nil {

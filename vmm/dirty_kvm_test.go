@@ -88,6 +88,21 @@ func newImage(t *testing.T) *block.Qcow2 {
 	return q
 }
 
+// pausedScribble is the scribble guest, started until it is ready, then
+// paused.
+func pausedScribble(t *testing.T) *VM {
+	t.Helper()
+	vm, out := newGuestVM(t, "scribble", 1)
+	if err := vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "scribble ready\n", 30*time.Second)
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	return vm
+}
+
 // scribble lets the guest run a random while and the VMM write random
 // pages through the devices' view of RAM, then pauses.
 func scribble(t *testing.T, vm *VM, rng *rand.Rand) { scribbleFor(t, vm, rng, 10, 100) }
@@ -119,16 +134,9 @@ func scribbleFor(t *testing.T, vm *VM, rng *rand.Rand, min, spread int) {
 // loaded snapshot, and deleting snapshots in any order keeps the others
 // loadable, with qemu-img check clean after every step.
 func TestIncrementalSaveChain(t *testing.T) {
-	vm, out := newGuestVM(t, "scribble", 1)
+	vm := pausedScribble(t)
 	q := newImage(t)
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
-	if err := vm.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	out.waitFor(t, "scribble ready\n", 30*time.Second)
-	if err := vm.Pause(); err != nil {
-		t.Fatal(err)
-	}
 	var snaps []savedSnap
 	for i := 0; i < 8; i++ {
 		if i > 0 {
@@ -174,16 +182,9 @@ func TestIncrementalSaveChain(t *testing.T) {
 // TestIncrementalSaveNeedsKnownBase: no base after start or reset, nor
 // when the base was deleted; a base in another image is not used.
 func TestIncrementalSaveNeedsKnownBase(t *testing.T) {
-	vm, out := newGuestVM(t, "scribble", 1)
+	vm := pausedScribble(t)
 	q, other := newImage(t), newImage(t)
 	rng := rand.New(rand.NewSource(1))
-	if err := vm.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	out.waitFor(t, "scribble ready\n", 30*time.Second)
-	if err := vm.Pause(); err != nil {
-		t.Fatal(err)
-	}
 	a, res := saveSnap(t, vm, q, "a")
 	if res.Used {
 		t.Fatal("first save shared")
@@ -222,16 +223,9 @@ func TestIncrementalSaveNeedsKnownBase(t *testing.T) {
 // those of a saved state whose snapshot was never made, all reach the
 // next save.
 func TestIncrementalSaveKeepsChangesAroundTheSavePoint(t *testing.T) {
-	vm, out := newGuestVM(t, "scribble", 1)
+	vm := pausedScribble(t)
 	q := newImage(t)
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
-	if err := vm.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	out.waitFor(t, "scribble ready\n", 30*time.Second)
-	if err := vm.Pause(); err != nil {
-		t.Fatal(err)
-	}
 	var snaps []savedSnap
 	s, _ := saveSnap(t, vm, q, "base")
 	snaps = append(snaps, s)
