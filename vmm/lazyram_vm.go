@@ -30,6 +30,12 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 		return nil, fmt.Errorf("lazy RAM load: VM is %s, not stopped", s)
 	}
 	vm.endLazyRAM()
+	// Fresh pages first, the old ones freed on another goroutine: the
+	// session's own emptying then finds nothing to free, and the VM can
+	// run again without waiting for the kernel to free all of RAM.
+	if err := vm.mem.Discard(); err != nil {
+		return nil, fmt.Errorf("lazy RAM load: %w", err)
+	}
 	l, err := newLazyRAM(vm.mem.Bytes(), src, onError, vm.log, opts)
 	if err != nil {
 		return nil, err

@@ -3,6 +3,12 @@
 # page number, prints "fill ready", then spins without privileged
 # instructions. The benchmark patches `fill_params` in a copy of this ELF;
 # it computes the same content for QEMU's memory file (tests/bench).
+# With `sweep` set, instead of spinning it waits for a byte on COM1 and
+# then reads one word of every page from 4 MiB to the end and prints
+# "sweep T", T the pass's duration in TSC ticks, and waits again: what
+# touching all of RAM costs the guest at a moment the benchmark chooses
+# (right after a load, and in a steady state). It writes no RAM but its
+# stack meanwhile.
 	.code64
 	.text
 	.global	user_main
@@ -49,10 +55,42 @@ user_main:
 	jmp	1b
 4:	lea	ready(%rip), %rdi
 	call	puts
+	cmpq	$0, fill_params+16(%rip)
+	jne	6f
 5:	jmp	5b
+6:	mov	$0x3fd, %dx			# wait for a byte (LSR.DR)
+	inb	%dx, %al
+	test	$1, %al
+	jz	6b
+	mov	$0x3f8, %dx
+	inb	%dx, %al
+	rdtsc					# a pass: %r15 = start
+	shl	$32, %rdx
+	or	%rdx, %rax
+	mov	%rax, %r15
+	mov	$1024, %rbx
+7:	cmp	%r14, %rbx
+	jae	8f
+	mov	%rbx, %rdi
+	shl	$12, %rdi
+	mov	(%rdi), %rax
+	inc	%rbx
+	jmp	7b
+8:	rdtsc
+	shl	$32, %rdx
+	or	%rdx, %rax
+	sub	%r15, %rax
+	mov	%rax, %r12
+	lea	sweep(%rip), %rdi
+	call	puts
+	mov	%r12, %rdi
+	call	putdec
+	call	newline
+	jmp	6b
 
 	.section .rodata
 ready:	.asciz	"fill ready\n"
+sweep:	.asciz	"sweep "
 
 	.data
 	.align	8
@@ -60,4 +98,5 @@ ready:	.asciz	"fill ready\n"
 fill_params:
 	.quad	100				# permille
 	.quad	0x1234567				# seed
+	.quad	0				# sweep: 1 to time passes over RAM on request
 
