@@ -61,7 +61,7 @@ type Exit struct {
 // PVMCmdline are the Linux options that keep a guest kernel out of the PVM
 // host emulator's gaps: on such a host CPUID cannot hide features, so the
 // kernel is told not to use the instructions the emulator cannot run
-// (../shared/docs/host-kvm.md lists them).
+// (docs/architecture.md, "Hosts", lists them).
 const PVMCmdline = "noxsave clearcpuid=smap,smep,xsave,xsaveopt,xsavec,xsaves,cx16,popcnt,fsgsbase," +
 	"rdpid,rdrand,rdseed,bmi1,bmi2,abm,movbe,avx,avx2,fma,f16c,aes,pclmulqdq,sha_ni,vaes," +
 	"vpclmulqdq,sse4_1,sse4_2,ssse3,clflushopt,clwb,pku,invpcid,pcid,umip,rdtscp,erms,fsrm"
