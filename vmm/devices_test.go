@@ -12,6 +12,22 @@ import (
 	"github.com/snapvmm/snapvmm/vmm/boot"
 )
 
+// testDisk is a new qcow2 disk named disk0, closed after everything a test
+// registers later (a VM using it).
+func testDisk(t *testing.T, size uint64) block.Node {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "disk.qcow2")
+	if err := block.CreateQcow2(p, size, block.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	disk, err := block.OpenQcow2(p, "disk0", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { disk.Close() })
+	return disk
+}
+
 // testDeviceSet builds the devices of a VM with one qcow2 disk, as
 // setupDevices does.
 func testDeviceSet(t *testing.T) *deviceSet {
@@ -20,15 +36,7 @@ func testDeviceSet(t *testing.T) *deviceSet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := filepath.Join(t.TempDir(), "disk.qcow2")
-	if err := block.CreateQcow2(p, 1<<20, block.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	disk, err := block.OpenQcow2(p, "disk0", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { disk.Close() })
+	disk := testDisk(t, 1<<20)
 	noIRQ := func(uint32) func(bool) { return func(bool) {} }
 	s, err := newDeviceSet(l, nil, noIRQ, func() {}, []block.Node{disk}, boot.Mem{L: l, B: make([]byte, l.Size())}, nil)
 	if err != nil {

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,24 +13,6 @@ import (
 
 	"github.com/snapvmm/snapvmm/internal/testutil"
 )
-
-// syncBuffer collects a pty's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestTerminalRestoredOnEveryExit runs snapvmm with --serial stdio on a
 // pseudo-terminal and ends it each way it can end: the terminal is raw
@@ -72,25 +51,24 @@ func TestTerminalRestoredOnEveryExit(t *testing.T) {
 			cmd := exec.Command(exe, "run", "--kernel", filepath.Join(guests, c.guest), "--memory", "64M", "--serial", "stdio")
 			cmd.Env = append(os.Environ(), "SNAPVMM_TEST_AS_CLI=1")
 			cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
-			var out syncBuffer
+			var out testutil.Console
 			go func() { _, _ = io.Copy(&out, master) }()
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			done := make(chan error, 1)
-			go func() { done <- cmd.Wait() }()
+			exited := make(chan struct{})
+			var waitErr error
+			go func() { waitErr = cmd.Wait(); close(exited) }()
 			t.Cleanup(func() {
 				cmd.Process.Kill()
-				<-done
+				<-exited
 				if t.Failed() {
-					t.Logf("terminal output:\n%s", out.String())
+					t.Logf("terminal output:\n%s", out.Tail())
 				}
 			})
-			for deadline := time.Now().Add(testutil.Scaled(30 * time.Second)); !strings.Contains(out.String(), c.ready); time.Sleep(10 * time.Millisecond) {
-				if time.Now().After(deadline) {
-					t.Fatalf("the guest never printed %q", c.ready)
-				}
-			}
+			// No stop channel: the hello guest's output may still be on its
+			// way through the pty when the process has exited.
+			out.WaitFor(t, c.ready, testutil.Scaled(30*time.Second), nil, nil)
 			// The hello guest may be gone already.
 			if raw := termios(t, tty); c.stop != nil && raw.Lflag&(unix.ICANON|unix.ECHO|unix.ISIG) != 0 {
 				t.Fatalf("the terminal is not raw while the guest runs: lflag %#x", raw.Lflag)
@@ -99,10 +77,9 @@ func TestTerminalRestoredOnEveryExit(t *testing.T) {
 				c.stop(t, cmd, master)
 			}
 			select {
-			case err := <-done:
-				done <- err // for the cleanup
+			case <-exited:
 				if !cmd.ProcessState.Exited() {
-					t.Fatalf("snapvmm did not exit by itself: %v", err)
+					t.Fatalf("snapvmm did not exit by itself: %v", waitErr)
 				}
 			case <-time.After(testutil.Scaled(30 * time.Second)):
 				t.Fatal("snapvmm did not exit")
