@@ -8,23 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snapvmm/snapvmm/devices"
 	"github.com/snapvmm/snapvmm/kvm"
-	"github.com/snapvmm/snapvmm/vmm/boot"
 )
-
-func TestEveryPlatformDeviceIsStateful(t *testing.T) {
-	l, _ := boot.NewLayout(64 << 20)
-	_, _, _, devs := newPlatform(l, nil, nil, nil, nil)
-	if len(devs) < 5 {
-		t.Fatalf("only %d devices", len(devs))
-	}
-	for _, d := range devs {
-		if _, ok := d.Dev.(devices.Stateful); !ok {
-			t.Errorf("device %s (%T) cannot be snapshotted", d.ID, d.Dev)
-		}
-	}
-}
 
 // saveState pauses (if needed) and captures the VM into memory.
 func saveState(t *testing.T, vm *VM) []byte {

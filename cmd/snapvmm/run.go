@@ -167,17 +167,29 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 		log.Warn("this host's /dev/kvm is nested PVM: guest kernel code runs hundreds of times slower than native here")
 	}
 
-	restore := func() {}
+	// Every way out of here restores the terminal: the signals below stop
+	// the VM, so run returns and the deferred restore runs.
+	restoreOnce := func() {}
 	if interactive {
-		var ok bool
-		restore, ok = rawTerminal(int(os.Stdin.Fd()))
-		if ok {
+		restore, err := rawTerminal(int(os.Stdin.Fd()))
+		if err != nil {
+			log.Warnf("%v: the guest console keeps line editing and Ctrl-C stops snapvmm", err)
+		}
+		if restore != nil {
 			// Raw mode turns "\n" into a bare line feed: log lines need CRs.
-			log.Logger.SetOutput(crlfWriter{os.Stderr})
+			stderr := log.Logger.Out
+			log.Logger.SetOutput(crlfWriter{stderr})
+			var once sync.Once
+			restoreOnce = func() {
+				once.Do(func() {
+					log.Logger.SetOutput(stderr)
+					if err := restore(); err != nil {
+						log.Warn(err)
+					}
+				})
+			}
 		}
 	}
-	var once sync.Once
-	restoreOnce := func() { once.Do(restore) }
 	defer restoreOnce()
 
 	sigs := make(chan os.Signal, 1)
