@@ -46,7 +46,10 @@ type Qcow2 struct {
 	scanEnd uint64
 	meta    *metaMap
 	corrupt bool // an overlap was refused: no more writes
-	lastCmp struct {
+	// keepAutoclear is set while a leak repair writes: it changes
+	// neither guest data nor what a bitmap records, so bitmaps stay valid.
+	keepAutoclear bool
+	lastCmp       struct {
 		off  uint64
 		data []byte
 	}

@@ -214,6 +214,9 @@ func (q *Qcow2) check(repair bool) (CheckResult, *scanResult, error) {
 				coff, size := q.compressedRange(d &^ (flagCopied | flagCompr))
 				mark(coff, size, olData, n)
 			case d&offsetMask != 0:
+				if d&0x1fe != 0 {
+					corrupt(false, "found l2 entry with reserved bits set: %x", d)
+				}
 				if d&offsetMask%q.cs != 0 {
 					corrupt(true, "offset=%x: Cluster is not properly aligned; L2 entry corrupted", d&offsetMask)
 					continue
@@ -238,15 +241,34 @@ func (q *Qcow2) check(repair bool) (CheckResult, *scanResult, error) {
 			overlaps++
 		}
 	}
-	if err := q.compareRefcounts(&r, s, repair, corrupt); err != nil {
+	leaks, err := q.compareRefcounts(&r, s, corrupt)
+	if err != nil {
 		return r, nil, err
 	}
-	if repair && r.unsafe == 0 {
-		// Refcounts are right now: recompute the COPIED flags from them
-		// (a lowered refcount unshares a cluster; a crash between a
-		// refcount and its flag leaves the flag behind).
-		if err := q.updateRefcounts(q.l1, 0, true); err != nil {
+	repaired := false
+	if repair && len(leaks) > 0 {
+		// A repair writes only when nothing makes writing unsafe (a
+		// COPIED flag on a shared table is found by a first, silent pass).
+		var dry CheckResult
+		if err := q.checkCopied(&dry, s, func(unsafe bool, _ string, _ ...any) {
+			if unsafe {
+				dry.unsafe++
+			}
+		}); err != nil {
 			return r, nil, err
+		}
+		if r.unsafe+dry.unsafe > 0 {
+			r.msg("Leaks were not repaired: the image has errors that make writing it unsafe")
+		} else {
+			repaired = true
+			if err := q.repairLeaks(&r, s, leaks); err != nil {
+				return r, nil, err
+			}
+		}
+	}
+	for _, l := range leaks {
+		if !repaired {
+			r.msg(fmt.Sprintf("Leaked cluster %d refcount=%d reference=%d", l.c, l.have, s.refs[l.c]))
 		}
 	}
 	if err := q.checkCopied(&r, s, corrupt); err != nil {
@@ -361,18 +383,39 @@ func (q *Qcow2) checkBitmaps(s *scanResult, mark func(off, size uint64, k olKind
 	return nil
 }
 
-// compareRefcounts compares every cluster of the file with its refcount;
-// with repair, refcounts that are too high are lowered.
-func (q *Qcow2) compareRefcounts(r *CheckResult, s *scanResult, repair bool, corrupt func(bool, string, ...any)) error {
-	if repair && q.meta == nil {
+// leak is a cluster whose refcount is above its references.
+type leak struct{ c, have uint64 }
+
+// repairLeaks lowers the leaked clusters' refcounts to their references,
+// then sets the COPIED flags from the now exact refcounts (a lowered
+// refcount unshares a cluster; a crash between a refcount and its flag
+// leaves the flag behind).
+func (q *Qcow2) repairLeaks(r *CheckResult, s *scanResult, leaks []leak) error {
+	if q.meta == nil {
 		// The repair writes refcount blocks, through the overlap checks.
 		q.refs, q.meta, q.scanEnd = append([]uint16(nil), s.refs...), s.meta, s.fileClusters
 		q.end = max(q.end, s.fileClusters)
 	}
+	q.keepAutoclear = true
+	defer func() { q.keepAutoclear = false }()
+	for _, l := range leaks {
+		r.msg(fmt.Sprintf("Repairing cluster %d refcount=%d reference=%d", l.c, l.have, s.refs[l.c]))
+		if err := q.setRefcount(l.c, uint64(s.refs[l.c])); err != nil {
+			return err
+		}
+		r.LeaksFixed++
+	}
+	return q.updateRefcounts(q.l1, 0, true)
+}
+
+// compareRefcounts compares every cluster of the file with its refcount
+// and returns the leaked clusters.
+func (q *Qcow2) compareRefcounts(r *CheckResult, s *scanResult, corrupt func(bool, string, ...any)) ([]leak, error) {
+	var leaks []leak
 	for c := uint64(0); c < s.fileClusters; c++ {
 		have, err := q.refcount(c)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		want := uint64(s.refs[c])
 		switch {
@@ -384,17 +427,10 @@ func (q *Qcow2) compareRefcounts(r *CheckResult, s *scanResult, repair bool, cor
 			}
 		case have > want && want < 0xffff:
 			r.Leaks++
-			if repair {
-				if err := q.setRefcount(c, want); err != nil {
-					return err
-				}
-				r.LeaksFixed++
-			} else {
-				r.msg(fmt.Sprintf("Leaked cluster %d refcount=%d reference=%d", c, have, want))
-			}
+			leaks = append(leaks, leak{c, have})
 		}
 	}
-	return nil
+	return leaks, nil
 }
 
 // checkCopied checks the COPIED flags of the active tables against the

@@ -112,6 +112,9 @@ func (q *Qcow2) writeMeta(b []byte, off uint64, allowed olKind) error {
 			}
 		}
 	}
+	if err := q.clearAutoclear(); err != nil {
+		return err
+	}
 	return q.writeAt(b, off)
 }
 
@@ -173,10 +176,9 @@ func (q *Qcow2) markSnapshot(l1Off uint64, l1 []uint64, d int) {
 // reference the tables hold, refuses an image that qemu-img check would
 // find corrupt in a way that makes writing dangerous (a refcount lower
 // than the references, overlapping tables, a table past the end of the
-// file, a COPIED flag on a shared cluster), and only then clears the
-// autoclear feature bits (the spec's rule for a writer that does not
-// know them: the image is about to change). Nothing is written before
-// the decision.
+// file, a COPIED flag on a shared cluster). Nothing is written before
+// the decision; the autoclear bits go with the first real write
+// (clearAutoclear).
 func (q *Qcow2) prepare() error {
 	if q.meta != nil {
 		if q.corrupt {
@@ -200,16 +202,24 @@ func (q *Qcow2) prepare() error {
 	}
 	q.refs, q.meta, q.scanEnd = s.refs, s.meta, s.fileClusters
 	q.end = max(q.end, uint64(len(q.refs)))
-	if q.h.version == 3 && q.h.autoclear != 0 {
-		if err := q.writeMeta(binary.BigEndian.AppendUint64(nil, 0), hdrOffAutoclear, olHeader); err != nil {
-			return err
-		}
-		if err := q.sync(); err != nil {
-			return err
-		}
-		q.h.autoclear = 0
-		q.meta.bitmapDir = [2]uint64{}
-		clear(q.meta.bitmap)
+	return nil
+}
+
+// clearAutoclear clears the autoclear feature bits before the first real
+// change, as the spec asks of a writer that does not keep the features
+// they stand for (persistent bitmaps would no longer match the data).
+func (q *Qcow2) clearAutoclear() error {
+	if q.h.version < 3 || q.h.autoclear == 0 || q.keepAutoclear {
+		return nil
 	}
+	if err := q.writeAt(binary.BigEndian.AppendUint64(nil, 0), hdrOffAutoclear); err != nil {
+		return err
+	}
+	if err := q.sync(); err != nil {
+		return err
+	}
+	q.h.autoclear = 0
+	q.meta.bitmapDir = [2]uint64{}
+	clear(q.meta.bitmap)
 	return nil
 }

@@ -272,6 +272,45 @@ func (q *Qcow2) updateRefcounts(l1 []uint64, addend int64, fixCopied bool) error
 	return nil
 }
 
+// checkRaise verifies, before anything is written, that one more
+// reference to everything l1 reaches keeps every refcount in range: an
+// overflow found half way would fail a command after part of its effect.
+func (q *Qcow2) checkRaise(l1 []uint64) error {
+	delta := map[uint64]uint64{}
+	for _, e := range l1 {
+		l2off := e & offsetMask
+		if l2off == 0 {
+			continue
+		}
+		t, err := q.loadL2(l2off)
+		if err != nil {
+			return err
+		}
+		delta[l2off>>q.cbits]++
+		for _, d := range t {
+			switch {
+			case d&flagCompr != 0:
+				off, size := q.compressedRange(d &^ (flagCopied | flagCompr))
+				for c := off >> q.cbits; c <= (off+size-1)>>q.cbits; c++ {
+					delta[c]++
+				}
+			case d&offsetMask != 0:
+				delta[(d&offsetMask)>>q.cbits]++
+			}
+		}
+	}
+	for c, n := range delta {
+		r, err := q.refcount(c)
+		if err != nil {
+			return err
+		}
+		if r+n > 0xffff {
+			return fmt.Errorf("the refcount of cluster %d (%d) would overflow: it cannot be shared %d more times", c, r, n)
+		}
+	}
+	return nil
+}
+
 func (q *Qcow2) addEntryRefcount(d uint64, addend int64) error {
 	switch {
 	case d&flagCompr != 0:
@@ -400,6 +439,9 @@ func (q *Qcow2) createSnapshot(s Snapshot) (Snapshot, error) {
 	if err := q.prepare(); err != nil {
 		return Snapshot{}, err
 	}
+	if err := q.checkRaise(q.l1); err != nil {
+		return Snapshot{}, err
+	}
 	if s.Date.IsZero() {
 		s.Date = time.Now()
 	}
@@ -473,6 +515,9 @@ func (q *Qcow2) gotoSnapshot(idOrName string) error {
 		return err
 	}
 	if err := q.prepare(); err != nil {
+		return err
+	}
+	if err := q.checkRaise(snapL1); err != nil {
 		return err
 	}
 	// Take references for the snapshot's clusters first: a crash from here
