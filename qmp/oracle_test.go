@@ -246,7 +246,7 @@ func TestOracleAgainstQEMU(t *testing.T) {
 	}
 	// Both images stay clean for qemu-img after the same operations.
 	for _, n := range []string{"disk0.qcow2", "disk1.qcow2"} {
-		if out, err := exec.Command("qemu-img", "check", filepath.Join(sdir, n)).CombinedOutput(); err != nil {
+		if out, err := exec.Command("qemu-img", "check", "-U", filepath.Join(sdir, n)).CombinedOutput(); err != nil {
 			t.Errorf("qemu-img check %s: %v\n%s", n, err, out)
 		}
 	}

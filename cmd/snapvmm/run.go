@@ -77,7 +77,7 @@ Examples:
 	f.BoolVar(&o.paused, "paused", false, "create the VM but do not start the vCPUs (like QEMU -S)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: error, warn, info, debug, trace")
 	f.StringArrayVar(&o.drives, "drive", nil,
-		"block node: file=PATH[,format=qcow2|raw][,node-name=NAME][,if=none][,readonly=on] (repeatable)")
+		"block node: file=PATH[,format=qcow2|raw][,node-name=NAME][,if=none][,readonly=on][,locking=off] (repeatable)")
 	f.StringArrayVar(&o.qmps, "qmp", nil, "QMP monitor: unix:PATH (socket mode 0600) or tcp:[HOST]:PORT (default host 127.0.0.1); repeatable")
 	f.StringVar(&o.loadvm, "loadvm", "", "restore snapshot TAG from the drives at start, like QEMU's -loadvm")
 	f.StringVar(&o.loadMode, "load-mode", "lazy", "how snapshot-load and --loadvm restore guest RAM: lazy (the guest runs at once, RAM\n"+
