@@ -101,12 +101,12 @@ func lockImage(f *os.File, path string, o OpenOptions) error {
 	hint := fmt.Sprintf("; Is another process using the image [%s]?", path)
 	for _, p := range use {
 		if h, err := held(lockUnshareBase + int64(p)); err != nil || h {
-			return errors.Join(err, fmt.Errorf("Failed to get %q lock%s", permNames[p], hint))
+			return errors.Join(err, lockError(fmt.Sprintf("Failed to get %q lock%s", permNames[p], hint)))
 		}
 	}
 	for _, p := range unshare {
 		if h, err := held(lockUseBase + int64(p)); err != nil || h {
-			return errors.Join(err, fmt.Errorf("Failed to get shared %q lock%s", permNames[p], hint))
+			return errors.Join(err, lockError(fmt.Sprintf("Failed to get shared %q lock%s", permNames[p], hint)))
 		}
 	}
 	return nil
@@ -119,3 +119,14 @@ func offsets(perms []int, base int64) []int64 {
 	}
 	return out
 }
+
+// ErrLocked is matched (errors.Is) by the refusal to open an image that
+// another process holds in a conflicting way: not a mistake in the
+// command, so callers exit as QEMU does (status 1), not as for bad flags.
+var ErrLocked = errors.New("image locked by another process")
+
+// lockError keeps QEMU's exact wording while matching ErrLocked.
+type lockError string
+
+func (e lockError) Error() string        { return string(e) }
+func (e lockError) Is(target error) bool { return target == ErrLocked }

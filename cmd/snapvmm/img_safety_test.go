@@ -310,3 +310,20 @@ func TestImgLeakRepairKeepsBitmaps(t *testing.T) {
 		t.Fatalf("the repair dropped the bitmap:\n%s", out)
 	}
 }
+
+// TestRunRefusesLockedDrive: snapvmm run on an image another process
+// writes fails with QEMU's lock message and status 1 (QEMU's), not the
+// status 2 of a mistyped flag; nothing is changed.
+func TestRunRefusesLockedDrive(t *testing.T) {
+	dir := t.TempDir()
+	p := qemuImage(t, dir)
+	b := mustRead(t, p)
+	holdWithQemuIO(t, p, false)
+	guest := filepath.Join("..", "..", "testdata", "guests", "hello")
+	r := runImg(t, time.Minute, "run", "--kernel", guest, "--memory", "64M", "--serial", "none",
+		"--drive", "file="+p+",node-name=disk0,if=none")
+	if r.code != 1 || !strings.Contains(r.stderr, `Failed to get "write" lock`) {
+		t.Fatalf("run beside qemu-io: exit %d, %s", r.code, r.stderr)
+	}
+	assertUnchanged(t, "run beside qemu-io", p, b)
+}

@@ -133,6 +133,11 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 	var disks []block.Node
 	for _, spec := range specs {
 		d, err := reg.OpenDrive(spec, func(w string) { log.Warn(w) })
+		if errors.Is(err, block.ErrLocked) {
+			// Another process holds the image: not a bad flag (status 1,
+			// as QEMU).
+			return fmt.Errorf("--drive: %w", err)
+		}
 		if err != nil {
 			return usagef("--drive: %v", err)
 		}
