@@ -334,7 +334,7 @@ func Load(m Machine, r io.ReaderAt, size uint64) error {
 	if d.major == 1 {
 		err = d.ram1.load(m.RAM(), r)
 	} else {
-		err = d.ram2.loadAll(m.RAM(), 4)
+		err = d.ram2.loadAll(m.RAM(), defaultWorkers())
 	}
 	if err != nil {
 		return fmt.Errorf("load VM state: %w", err)
