@@ -30,6 +30,15 @@ func (m *Memory) swapFresh() (old []byte, err error) {
 	// pointer through memory keeps vet's uintptr rule (which guards heap
 	// objects the collector may move) out of a case it cannot see through.
 	old = unsafe.Slice((*byte)(*(*unsafe.Pointer)(unsafe.Pointer(&dup))), n)
+	// Unmap the old pages from the original range first (the pages stay,
+	// held by dup): madvise tears the page tables down under the read side
+	// of the address-space lock, so other threads keep faulting meanwhile,
+	// and the swap below, which needs the write side, finds nothing left
+	// to tear down.
+	if err := unix.Madvise(m.b, unix.MADV_DONTNEED); err != nil {
+		unix.Munmap(old)
+		return nil, fmt.Errorf("unmap the old guest pages: %w", err)
+	}
 	fresh, err := unix.Mmap(-1, 0, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
 		unix.Munmap(old)
