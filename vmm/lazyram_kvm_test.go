@@ -3,10 +3,12 @@ package vmm
 import (
 	"bytes"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/internal/testutil"
 )
 
@@ -141,5 +143,51 @@ func TestLazyRAMCorruptChunkStopsVM(t *testing.T) {
 	}
 	if after := out.String()[mark:]; strings.Contains(after, "counter") {
 		t.Fatalf("the guest ran on after the CRC error: %q", after)
+	}
+}
+
+// TestLazyRAMBlkGuestDeviceSeesLoadedRAM resumes the blk guest with RAM
+// served only on demand: the virtio-blk worker serves the guest's
+// requests during the session (through deviceMem), and the guest's next
+// verifications of its sector pass.
+func TestLazyRAMBlkGuestDeviceSeesLoadedRAM(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "disk.qcow2")
+	if err := block.CreateQcow2(p, 8<<20, block.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	node, err := block.Open(p, "qcow2", "disk0", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Close() }) // after the VM
+	vm, out := newBlkVM(t, node)
+	needLazyRAM(t)
+	if err := vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "blk verify ok\n", testutil.Scaled(30*time.Second))
+	src := captureRAM(t, vm)
+	hold := make(chan struct{})
+	defer close(hold)
+	l, err := vm.startLazyRAM(src, func(err error) { t.Errorf("onError: %v", err) }, lazyOptions{hold: hold})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := len(out.String())
+	if err := vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(testutil.Scaled(60 * time.Second))
+	for strings.Count(out.String()[mark:], "blk verify ok\n") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest did not verify its sector twice after the lazy load; output after it: %q", out.String()[mark:])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if after := out.String()[mark:]; strings.Contains(after, "MISMATCH") {
+		t.Fatalf("verification failed after the lazy load: %q", after)
+	}
+	if st := l.Stats(); st.Loaded == st.Chunks || st.OnDemand == 0 {
+		t.Fatalf("%+v: want only the chunks the guest and device used loaded", st)
 	}
 }
