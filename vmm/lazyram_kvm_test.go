@@ -37,14 +37,11 @@ func pausedCounter(t *testing.T) (*VM, *syncBuffer, uint64, *memSource) {
 	return vm, out, symbol(t, "counter", "counter"), captureRAM(t, vm)
 }
 
-// TestLazyRAMCounterContinues empties a paused counter guest's RAM and
-// resumes it with only faults loading chunks: the vCPU's accesses inside
-// KVM_RUN are served by the handler and the guest counts on from where it
-// was paused.
-func TestLazyRAMCounterContinues(t *testing.T) {
-	vm, out, addr, src := pausedCounter(t)
-	c := readU64(t, vm, addr)
-	hold := make(chan struct{})
+// resumeLazy starts serving the paused vm's RAM from src, with background
+// loading held until hold closes, and resumes it; it returns the session
+// and the console length at the resume.
+func resumeLazy(t *testing.T, vm *VM, out *syncBuffer, src RAMSource, hold <-chan struct{}) (*LazyRAM, int) {
+	t.Helper()
 	l, err := vm.startLazyRAM(src, func(err error) { t.Errorf("onError: %v", err) }, lazyOptions{hold: hold})
 	if err != nil {
 		t.Fatal(err)
@@ -53,6 +50,18 @@ func TestLazyRAMCounterContinues(t *testing.T) {
 	if err := vm.Resume(); err != nil {
 		t.Fatal(err)
 	}
+	return l, mark
+}
+
+// TestLazyRAMCounterContinues empties a paused counter guest's RAM and
+// resumes it with only faults loading chunks: the vCPU's accesses inside
+// KVM_RUN are served by the handler and the guest counts on from where it
+// was paused.
+func TestLazyRAMCounterContinues(t *testing.T) {
+	vm, out, addr, src := pausedCounter(t)
+	c := readU64(t, vm, addr)
+	hold := make(chan struct{})
+	l, mark := resumeLazy(t, vm, out, src, hold)
 	want := fmt.Sprintf("counter %d\n", (c>>22+1)<<22)
 	out.waitFor(t, want, testutil.Scaled(30*time.Second))
 	// The pause may have come in the middle of a line: the first whole
@@ -169,14 +178,7 @@ func TestLazyRAMBlkGuestDeviceSeesLoadedRAM(t *testing.T) {
 	src := captureRAM(t, vm)
 	hold := make(chan struct{})
 	defer close(hold)
-	l, err := vm.startLazyRAM(src, func(err error) { t.Errorf("onError: %v", err) }, lazyOptions{hold: hold})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mark := len(out.String())
-	if err := vm.Resume(); err != nil {
-		t.Fatal(err)
-	}
+	l, mark := resumeLazy(t, vm, out, src, hold)
 	deadline := time.Now().Add(testutil.Scaled(60 * time.Second))
 	for strings.Count(out.String()[mark:], "blk verify ok\n") < 2 {
 		if time.Now().After(deadline) {
