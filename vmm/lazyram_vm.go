@@ -95,7 +95,7 @@ func LazyRAMSupported() (bool, string) {
 // probeLazyRAM registers one page of shared anonymous memory the way a
 // session registers guest RAM.
 func probeLazyRAM() error {
-	f, err := uffd.Open()
+	f, err := uffd.Open(true)
 	if err != nil {
 		return err
 	}
