@@ -103,16 +103,23 @@ endif
 testguests-present:
 	@test -f testdata/guests/fill || { echo "testdata/guests/fill is missing: make testguests"; exit 1; }
 
-# Every fuzz target for FUZZTIME each (crashers land in testdata/fuzz and
-# are kept there as regression inputs), then 50 kill -9 rounds.
+# Every fuzz target for FUZZTIME each (QCOW2_FUZZTIME for the qcow2 opener
+# and the snapshot table parser; crashers land in testdata/fuzz and are
+# kept there as regression inputs; minimizing a new input is kept short,
+# or it stalls the run for a minute each time), the long corruption corpus,
+# then 50 kill -9 rounds.
 FUZZTIME ?= 15s
+QCOW2_FUZZTIME ?= 10m
 stress:
 	@for t in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
 		for f in $$(grep -h '^func Fuzz' $$t/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9]*\).*/\1/'); do \
-			echo "== $$t $$f"; \
-			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$t || exit 1; \
+			ft=$(FUZZTIME); case $$f in FuzzOpenQcow2|FuzzSnapshotTable) ft=$(QCOW2_FUZZTIME);; esac; \
+			echo "== $$t $$f ($$ft)"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $$ft -fuzzminimizetime 5s $$t || exit 1; \
 		done; \
 	done
+	@echo "== the corruption corpus, long version"
+	SNAPVMM_CORPUS_FULL=1 $(GO) test -count=1 -timeout 60m -run '^TestCorruptionCorpus$$' ./cmd/snapvmm
 	@echo "== kill -9 of snapvmm during 50 snapshot-save and snapshot-delete jobs"
 ifeq ($(KVM_OK),yes)
 	SNAPVMM_CRASH_ROUNDS=50 $(GO) test -count=1 -v -run '^TestKill9DuringSave$$' ./cmd/snapvmm

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -20,7 +21,7 @@ type Progress func(done, total uint64)
 type SaveOptions struct {
 	Progress Progress
 	// Writers is how many goroutines checksum and write RAM chunks in
-	// parallel (default 4).
+	// parallel (default: 4, fewer on a host with under 5 CPUs).
 	Writers int
 	// Granule is the unit of RAM that is left unwritten when it is all
 	// zeros: the target's allocation unit (a qcow2 cluster size), at most
@@ -152,11 +153,18 @@ func (p *plan) encodePrefix(index []ramIndexEntry) []byte {
 	return append(b, endMarker...)
 }
 
+// defaultWorkers is how many goroutines copy RAM: 4, but one CPU is left
+// to the monitor and the vCPUs (a 2-CPU host gets one worker, or polling
+// clients wait for a scheduler slot).
+func defaultWorkers() int {
+	return max(1, min(4, runtime.GOMAXPROCS(0)-1))
+}
+
 // eachChunk runs f on every RAM chunk with n goroutines and stops at the
 // first error.
 func (p *plan) eachChunk(n int, f func(i int) error) error {
 	if n <= 0 {
-		n = 4
+		n = defaultWorkers()
 	}
 	var next atomic.Int64
 	var failed atomic.Bool

@@ -31,6 +31,12 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 	}
 	vm.endLazyRAM()
 	vm.dropRAMBase()
+	// Fresh pages first, the old ones freed on another goroutine: the
+	// session's own emptying then finds nothing to free, and the VM can
+	// run again without waiting for the kernel to free all of RAM.
+	if err := vm.mem.Discard(); err != nil {
+		return nil, fmt.Errorf("lazy RAM load: %w", err)
+	}
 	l, err := newLazyRAM(vm.mem.Bytes(), src, onError, vm.log, opts)
 	if err != nil {
 		return nil, err
@@ -92,7 +98,7 @@ func LazyRAMSupported() (bool, string) {
 // probeLazyRAM registers one page of shared anonymous memory the way a
 // session registers guest RAM.
 func probeLazyRAM() error {
-	f, err := uffd.Open()
+	f, err := uffd.Open(true)
 	if err != nil {
 		return err
 	}

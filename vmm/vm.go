@@ -67,7 +67,7 @@ type Exit struct {
 // PVMCmdline are the Linux options that keep a guest kernel out of the PVM
 // host emulator's gaps: on such a host CPUID cannot hide features, so the
 // kernel is told not to use the instructions the emulator cannot run
-// (../shared/docs/host-kvm.md lists them).
+// (docs/architecture.md, "Hosts", lists them).
 const PVMCmdline = "noxsave clearcpuid=smap,smep,xsave,xsaveopt,xsavec,xsaves,cx16,popcnt,fsgsbase," +
 	"rdpid,rdrand,rdseed,bmi1,bmi2,abm,movbe,avx,avx2,fma,f16c,aes,pclmulqdq,sha_ni,vaes," +
 	"vpclmulqdq,sse4_1,sse4_2,ssse3,clflushopt,clwb,pku,invpcid,pcid,umip,rdtscp,erms,fsrm"
@@ -264,48 +264,13 @@ const (
 )
 
 func (vm *VM) setupDevices() error {
-	vm.PIO, vm.MMIO, vm.Serial, vm.devs = newPlatform(vm.layout, vm.cfg.Serial, vm.irqFunc(4),
-		func() { vm.requestExit(ExitReset, nil) }, vm.log)
-	if len(vm.cfg.Disks) > maxDisks {
-		return fmt.Errorf("%w: %d disks, at most %d", ErrBadConfig, len(vm.cfg.Disks), maxDisks)
+	s, err := newDeviceSet(vm.layout, vm.cfg.Serial, vm.irqFunc, func() { vm.requestExit(ExitReset, nil) },
+		vm.cfg.Disks, deviceMem{vm}, vm.log)
+	if err != nil {
+		return err
 	}
-	for i, n := range vm.cfg.Disks {
-		b := virtio.NewBlock(n, deviceMem{vm}, vm.irqFunc(uint32(VirtioIRQBase+i)), vm.log)
-		base := VirtioMMIOBase + uint64(i)*virtio.MMIOSize
-		if err := vm.MMIO.Register("virtio-blk/"+n.Name(), base, virtio.MMIOSize, b); err != nil {
-			return err
-		}
-		vm.devs = append(vm.devs, snapshot.Device{ID: "virtio-blk/" + n.Name(), Dev: b})
-		vm.blks = append(vm.blks, b)
-	}
+	vm.PIO, vm.MMIO, vm.Serial, vm.devs, vm.blks = s.pio, s.mmio, s.serial, s.devs, s.blks
 	return nil
-}
-
-// newPlatform builds the PC devices and their port bus. It needs no KVM,
-// so tests can check every device the VM carries.
-func newPlatform(l boot.Layout, serialOut io.Writer, serialIRQ func(bool), reset func(), log *logrus.Entry) (pio, mmio *devices.Bus, serial *devices.Serial, devs []snapshot.Device) {
-	pio = devices.NewBus("pio", log)
-	mmio = devices.NewBus("mmio", log)
-	serial = devices.NewSerial(serialOut, serialIRQ)
-	for _, d := range []struct {
-		id         string
-		base, size uint64
-		dev        devices.Device
-	}{
-		{"serial/0", 0x3f8, 8, serial},
-		{"i8042", 0x60, 5, devices.NewI8042(reset)},
-		{"cmos", 0x70, 2, devices.NewCMOS(l.Below4G, l.Above4G, nil)},
-		{"pci-config", 0xcf8, 8, &devices.PCIConfig{}},
-		{"post", 0x80, 1, devices.Sink{}},
-		{"delay", 0xed, 1, devices.Sink{}},
-	} {
-		if err := pio.Register(d.id, d.base, d.size, d.dev); err != nil {
-			// Fixed, non-overlapping wiring: a failure is a programming error.
-			panic(err)
-		}
-		devs = append(devs, snapshot.Device{ID: d.id, Dev: d.dev})
-	}
-	return pio, mmio, serial, devs
 }
 
 // irqFunc returns a level setter for ISA interrupt line irq.

@@ -133,8 +133,8 @@ func runIncremental(dir, bin, guest string, s incScenario) (incFigures, error) {
 	defer cl.Close()
 	save := func(tag string) (time.Duration, error) {
 		args := map[string]any{"job-id": "inc-" + tag, "tag": tag, "vmstate": "disk0", "devices": []any{"disk0"}}
-		wall, _, err := timedJob(cl, "snapshot-save", args)
-		return wall, withStderr(err, "snapvmm", &stderr)
+		t, err := timedJob(cl, "snapshot-save", args)
+		return t.wall, withStderr(err, "snapvmm", &stderr)
 	}
 	for i := 1; i <= incChain; i++ {
 		d, err := save(fmt.Sprintf("c%d", i))

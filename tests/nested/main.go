@@ -194,7 +194,7 @@ func nested(pkgs []string, run string, count int, e2e bool, memMiB int, timeout 
 // status, and whether the machine's own kernel crashed.
 func boot(ctx context.Context, kdir, work string, files []file, pkgs []string, run string, count, memMiB int) (map[string]string, bool, error) {
 	initrd := filepath.Join(work, "initrd.cpio")
-	if err := writeInitramfs(initrd, files, initScript(pkgs, run, count)); err != nil {
+	if err := writeInitramfs(initrd, files, initScript(pkgs, run, count, broughtTools(files))); err != nil {
 		return nil, false, err
 	}
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64",
@@ -306,20 +306,32 @@ func verdict(pkgs []string, results map[string]string, werr, ctxErr error) error
 
 // initScript is /init of the nested machine: load KVM, then run each
 // package's test binary from its own directory (tests find their data by
-// relative paths) and print its exit status on a marker line.
-func initScript(pkgs []string, run string, count int) []byte {
+// relative paths) and print its exit status on a marker line. tools are
+// the programs brought in (broughtTools).
+func initScript(pkgs []string, run string, count int, tools []string) []byte {
 	var b bytes.Buffer
 	b.WriteString(`#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin HOME=/tmp TMPDIR=/tmp ` + "SNAPVMM_REQUIRE_KVM=1 SNAPVMM_TIME_SCALE=10" + `
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
+mkdir -p /dev/pts; mount -t devpts devpts /dev/pts
 for m in /mod/irqbypass.ko /mod/ccp.ko /mod/kvm.ko /mod/kvm-amd.ko; do insmod $m || echo "nested: insmod $m failed"; done
 [ -c /dev/kvm ] || { echo "nested: no /dev/kvm after loading kvm-amd"; dmesg | grep -i -E 'kvm|svm' | tail; }
 `)
 	// make bench's flags reach tests/nested/bench.sh, and SNAPVMM_*
-	// settings (SNAPVMM_CRASH_ROUNDS, say) reach the tests.
+	// settings (SNAPVMM_CRASH_ROUNDS, say) reach the tests. A run that
+	// requires the tools (SNAPVMM_REQUIRE_TOOLS) requires inside the ones
+	// this machine has: the tests that need others (qemu-system-x86_64)
+	// need no KVM and ran on the host.
 	for _, kv := range os.Environ() {
 		k, v, _ := strings.Cut(kv, "=")
+		if k == requireToolsEnv {
+			if v != "" && v != "0" {
+				v = strings.Join(tools, ",")
+			} else {
+				continue
+			}
+		}
 		if k == "BENCHFLAGS" || strings.HasPrefix(k, "SNAPVMM_") && k != "SNAPVMM_REQUIRE_KVM" {
 			fmt.Fprintf(&b, "export %s='%s'\n", k, strings.ReplaceAll(v, "'", `'\''`))
 		}
@@ -370,6 +382,24 @@ func tree(hostDir, guestDir string) []file {
 		return nil
 	})
 	return out
+}
+
+// requireToolsEnv is testutil.RequireToolsEnv (the runner imports no test
+// helpers).
+const requireToolsEnv = "SNAPVMM_REQUIRE_TOOLS"
+
+// broughtTools names the programs among files: busybox and what toolFiles
+// put in usr/bin.
+func broughtTools(files []file) []string {
+	var tools []string
+	for _, f := range files {
+		if f.guest == "bin/busybox" {
+			tools = append(tools, "busybox")
+		} else if name, ok := strings.CutPrefix(f.guest, "usr/bin/"); ok {
+			tools = append(tools, name)
+		}
+	}
+	return tools
 }
 
 // toolFiles brings busybox (static), and qemu-img and socat (when

@@ -6,7 +6,11 @@
 # With `listen` set it waits for bytes on COM1 instead of spinning: each
 # one rewrites `dirty_permille`/1000 of the 64 KiB groups of pages from
 # 4 MiB (16 pages each, chosen by a hash of the group and the round) and
-# prints "dirtied" (the incremental-save benchmark).
+# prints "dirtied" (the incremental-save benchmark). A 't' instead asks
+# for a timed pass: it reads one word of every page from 4 MiB to the end
+# and prints "sweep T", T the pass's duration in TSC ticks, writing no RAM
+# but its stack: what touching all of RAM costs the guest at a moment the
+# benchmark chooses (right after a load, and in a steady state).
 	.code64
 	.text
 	.global	user_main
@@ -43,6 +47,8 @@ user_main:
 	jz	8b
 	mov	$0x3f8, %dx
 	inb	%dx, %al
+	cmp	$'t', %al
+	je	13f
 	inc	%r15
 	mov	$64, %rbx			# first group: 4 MiB
 	mov	%r14, %r13
@@ -67,6 +73,29 @@ user_main:
 	jmp	9b
 12:	lea	dirtied(%rip), %rdi
 	call	puts
+	jmp	7b
+13:	rdtsc					# a timed pass: %r12 = start
+	shl	$32, %rdx
+	or	%rdx, %rax
+	mov	%rax, %r12
+	mov	$1024, %rbx			# first page: 4 MiB
+14:	cmp	%r14, %rbx
+	jae	15f
+	mov	%rbx, %rdi
+	shl	$12, %rdi
+	mov	(%rdi), %rax
+	inc	%rbx
+	jmp	14b
+15:	rdtsc
+	shl	$32, %rdx
+	or	%rdx, %rax
+	sub	%r12, %rax
+	mov	%rax, %r12
+	lea	sweep(%rip), %rdi
+	call	puts
+	mov	%r12, %rdi
+	call	putdec
+	call	newline
 	jmp	7b
 
 # pick: %rdx = ((%rax * 0x9e3779b97f4a7c15) >> 32) % 1000
@@ -104,6 +133,7 @@ xorfill:
 	.section .rodata
 ready:	.asciz	"fill ready\n"
 dirtied: .asciz	"dirtied\n"
+sweep:	.asciz	"sweep "
 
 	.data
 	.align	8
@@ -111,6 +141,6 @@ dirtied: .asciz	"dirtied\n"
 fill_params:
 	.quad	100				# permille
 	.quad	0x1234567				# seed
-	.quad	0				# listen
+	.quad	0				# listen: 1 to wait for bytes on COM1
 	.quad	10				# dirty_permille
 
