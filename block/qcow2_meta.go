@@ -160,15 +160,22 @@ func (q *Qcow2) markL2(m map[uint64]int, e uint64, d int) {
 // markSnapshot counts (d=1) or uncounts (d=-1) a snapshot's L1 table and
 // the L2 tables it names.
 func (q *Qcow2) markSnapshot(l1Off uint64, l1 []uint64, d int) {
-	if n := uint64(len(l1)) * 8; n > 0 {
-		for c := l1Off >> q.cbits; c <= (l1Off+n-1)>>q.cbits; c++ {
-			if q.meta.inactiveL1[c] += d; q.meta.inactiveL1[c] <= 0 {
-				delete(q.meta.inactiveL1, c)
-			}
-		}
-	}
+	q.markInactiveL1(l1Off, uint64(len(l1)), d)
 	for _, e := range l1 {
 		q.markL2(q.meta.inactiveL2, e, d)
+	}
+}
+
+// markInactiveL1 counts (d=1) or uncounts (d=-1) the clusters of a
+// snapshot's L1 table of n entries at l1Off.
+func (q *Qcow2) markInactiveL1(l1Off, n uint64, d int) {
+	if n == 0 {
+		return
+	}
+	for c := l1Off >> q.cbits; c <= (l1Off+8*n-1)>>q.cbits; c++ {
+		if q.meta.inactiveL1[c] += d; q.meta.inactiveL1[c] <= 0 {
+			delete(q.meta.inactiveL1, c)
+		}
 	}
 }
 

@@ -142,6 +142,9 @@ func (q *Qcow2) shareVMState(base VMStateRef, off, n uint64) error {
 	if err != nil {
 		return err
 	}
+	if err := q.prepare(); err != nil {
+		return err
+	}
 	if off%q.cs != 0 {
 		return fmt.Errorf("offset is not cluster aligned (%d bytes)", q.cs)
 	}
@@ -194,7 +197,7 @@ func (q *Qcow2) shareVMState(base VMStateRef, off, n uint64) error {
 		// cache is small): write the entries into the copy l2ForWrite
 		// returned, which stays the cached one for this offset, and to disk.
 		copy(t[lo:hi], ents)
-		if err := q.writeAt(encodeTable(ents, uint64(len(ents))*8), l2off+8*lo); err != nil {
+		if err := q.writeMeta(encodeTable(ents, uint64(len(ents))*8), l2off+8*lo, olActiveL2); err != nil {
 			return err
 		}
 		vc = end
@@ -291,31 +294,43 @@ func (q *Qcow2) vmStateUsages() ([]VMStateUsage, error) {
 // raiseRefcounts adds one to the refcount of every cluster in cs, each
 // refcount block written once over the span it changed rather than once
 // per cluster (an incremental save of 1 GiB shares 16384 clusters). The
-// clusters are in use, so their blocks exist.
+// clusters are in use, so their blocks exist. The cached block changes
+// only once the write went through, and the allocator's reference counts
+// (q.refs) gain the new references.
 func (q *Qcow2) raiseRefcounts(cs []uint64) error {
 	for i := 0; i < len(cs); {
 		idx := cs[i] / q.rcPerBlk
-		if idx >= uint64(len(q.rt)) || q.rt[idx]&^0x1ff == 0 {
+		off := q.rcBlockOff(idx)
+		if off == 0 {
 			return fmt.Errorf("cluster %d in use has no refcount block: image corrupt", cs[i])
 		}
-		off := q.rt[idx] &^ 0x1ff
 		b, err := q.rcBlock(off)
 		if err != nil {
 			return err
 		}
+		j := i
 		lo, hi := q.rcPerBlk, uint64(0)
-		for ; i < len(cs) && cs[i]/q.rcPerBlk == idx; i++ {
-			k := cs[i] % q.rcPerBlk
-			v := uint64(binary.BigEndian.Uint16(b[2*k:])) + 1
-			if v > 0xffff {
-				return fmt.Errorf("refcount of cluster %d would overflow", cs[i])
-			}
-			binary.BigEndian.PutUint16(b[2*k:], uint16(v))
+		for ; j < len(cs) && cs[j]/q.rcPerBlk == idx; j++ {
+			k := cs[j] % q.rcPerBlk
 			lo, hi = min(lo, k), max(hi, k)
 		}
-		if err := q.writeAt(b[2*lo:2*hi+2], off+2*lo); err != nil {
+		span := append([]byte(nil), b[2*lo:2*hi+2]...)
+		for _, c := range cs[i:j] {
+			k := c%q.rcPerBlk - lo
+			v := uint64(binary.BigEndian.Uint16(span[2*k:])) + 1
+			if v > 0xffff {
+				return fmt.Errorf("refcount of cluster %d would overflow", c)
+			}
+			binary.BigEndian.PutUint16(span[2*k:], uint16(v))
+		}
+		if err := q.writeMeta(span, off+2*lo, olRefBlock); err != nil {
 			return err
 		}
+		copy(b[2*lo:], span)
+		for _, c := range cs[i:j] {
+			q.addRefs(c, 1)
+		}
+		i = j
 	}
 	return nil
 }
@@ -329,20 +344,27 @@ func (q *Qcow2) raiseRefcounts(cs []uint64) error {
 // active L1 lets go of the vmstate (now referenced by nothing: a leak),
 // its tables lose their COPIED flags, and only then does the snapshot
 // table reference them.
+//
+// The metadata map follows each step: a moved table is an inactive L2
+// table from the moment the active L1 lets go of it (the snapshot's L1
+// on disk names it; a crash or an error from there leaves it leaked, and
+// still guarded), the snapshot's L1 and the disk part's tables count as
+// the snapshot's once the snapshot table names it. Together the marks
+// are markSnapshot's, which deleteSnapshot takes back.
 func (q *Qcow2) createMovingVMState(s Snapshot) (Snapshot, error) {
 	vmFirst := min(q.vmStateOffset()/(q.cs*q.l2n), uint64(len(q.l1)))
 	size := uint64(len(q.l1)) * 8
 	var l1off uint64
+	snapL1 := make([]uint64, len(q.l1))
 	if size > 0 {
 		var err error
 		if l1off, err = q.alloc((size + q.cs - 1) / q.cs); err != nil {
 			return Snapshot{}, err
 		}
-		snapL1 := make([]uint64, len(q.l1))
 		for i, e := range q.l1 {
 			snapL1[i] = e &^ flagCopied
 		}
-		if err := q.writeAt(encodeTable(snapL1, (size+q.cs-1)&^(q.cs-1)), l1off); err != nil {
+		if err := q.writeMeta(encodeTable(snapL1, (size+q.cs-1)&^(q.cs-1)), l1off, 0); err != nil {
 			return Snapshot{}, err
 		}
 	}
@@ -354,9 +376,13 @@ func (q *Qcow2) createMovingVMState(s Snapshot) (Snapshot, error) {
 	}
 	moved := append([]uint64(nil), q.l1[vmFirst:]...)
 	if len(moved) > 0 {
-		clear(q.l1[vmFirst:])
-		if err := q.writeAt(encodeTable(q.l1[vmFirst:], uint64(len(moved))*8), q.h.l1Offset+8*vmFirst); err != nil {
+		if err := q.writeMeta(make([]byte, len(moved)*8), q.h.l1Offset+8*vmFirst, olActiveL1); err != nil {
 			return Snapshot{}, err
+		}
+		clear(q.l1[vmFirst:])
+		for _, e := range moved {
+			q.markL2(q.meta.activeL2, e, -1)
+			q.markL2(q.meta.inactiveL2, e, 1)
 		}
 		if err := q.sync(); err != nil {
 			return Snapshot{}, err
@@ -378,7 +404,7 @@ func (q *Qcow2) createMovingVMState(s Snapshot) (Snapshot, error) {
 			}
 		}
 		if dirty {
-			if err := q.writeAt(encodeTable(t, q.cs), off); err != nil {
+			if err := q.writeMeta(encodeTable(t, q.cs), off, olInactiveL2); err != nil {
 				return Snapshot{}, err
 			}
 		}
@@ -391,6 +417,11 @@ func (q *Qcow2) createMovingVMState(s Snapshot) (Snapshot, error) {
 		vmClock: s.VMClockNsec, vmStateSize: s.VMStateSize, diskSize: q.h.size, icount: uint64(s.ICount)}
 	if err := q.writeSnapshots(append(append([]qsnap(nil), q.snaps...), ns)); err != nil {
 		return Snapshot{}, err
+	}
+	// The moved tables are marked already: the L1 and the disk part now.
+	q.markInactiveL1(l1off, uint64(len(snapL1)), 1)
+	for _, e := range snapL1[:vmFirst] {
+		q.markL2(q.meta.inactiveL2, e, 1)
 	}
 	return ns.public(), q.sync()
 }

@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"syscall"
 	"testing"
@@ -86,7 +87,11 @@ func checkAll(t *testing.T, q *Qcow2, path string, want map[string][]byte) {
 	if err := q.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	qemuCheckClean(t, path)
+	// q holds the image's write lock; flushed and idle, it is safe to read
+	// with force-share, as qemu-img -U reads an image a VM has open.
+	if out, code := qemuImg(t, "check", "-U", path); code != 0 {
+		t.Fatalf("qemu-img check -U %s: exit %d\n%s", path, code, out)
+	}
 }
 
 func TestShareVMStateChainAndDeleteInAnyOrder(t *testing.T) {
@@ -282,7 +287,8 @@ func TestKillDuringIncrementalSave(t *testing.T) {
 }
 
 // TestShareVMStateRefusesImageChangedElsewhere: a snapshot table changed
-// by another process (here a second handle) makes the base doubtful:
+// by another process (here a second handle, opened without the image
+// locks as a program with locking=off would) makes the base doubtful:
 // VMStateRef, which a save asks before it shares, says no.
 func TestShareVMStateRefusesImageChangedElsewhere(t *testing.T) {
 	const cs = 64 << 10
@@ -291,7 +297,10 @@ func TestShareVMStateRefusesImageChangedElsewhere(t *testing.T) {
 	defer q.Close()
 	saveArea(t, q, "a", pattern(1, 4*cs))
 	r := ref(t, q, "a")
-	other := open(t, p)
+	other, err := OpenQcow2With(p, "other", OpenOptions{NoLock: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	saveArea(t, other, "b", pattern(2, 4*cs))
 	other.Close()
 	if got, ok := q.VMStateRef("a"); ok || got == r {
@@ -300,4 +309,85 @@ func TestShareVMStateRefusesImageChangedElsewhere(t *testing.T) {
 	if err := q.tableOnDisk(); !errors.Is(err, ErrVMStateBaseChanged) {
 		t.Fatalf("table check after another process changed the image: %v", err)
 	}
+}
+
+// metaMatchesScan fails the test unless the writer's metadata map and
+// reference counts are those a fresh scan of the file finds: a table
+// that moved, was made or freed without its mark would let a later write
+// through the overlap check, or stop a legitimate one.
+func metaMatchesScan(t *testing.T, q *Qcow2, step string) {
+	t.Helper()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	_, s, err := q.check(false)
+	if err != nil {
+		t.Fatalf("%s: scan: %v", step, err)
+	}
+	for _, m := range []struct {
+		name      string
+		got, want map[uint64]int
+	}{{"active L2", q.meta.activeL2, s.meta.activeL2}, {"inactive L2", q.meta.inactiveL2, s.meta.inactiveL2},
+		{"inactive L1", q.meta.inactiveL1, s.meta.inactiveL1}, {"refcount block", q.meta.refBlock, s.meta.refBlock}} {
+		if !reflect.DeepEqual(m.got, m.want) {
+			t.Fatalf("%s: %s marks %v, the file has %v", step, m.name, m.got, m.want)
+		}
+	}
+	for c := uint64(0); c < uint64(max(len(q.refs), len(s.refs))); c++ {
+		var want uint64
+		if c < uint64(len(s.refs)) {
+			want = uint64(s.refs[c])
+		}
+		if got := q.refsOf(c); got != want {
+			t.Fatalf("%s: cluster %d: %d references counted, the file has %d", step, c, got, want)
+		}
+	}
+}
+
+// TestVMStateSharingKeepsMetadataMap: snapshots whose vmstate L2 tables
+// move out of the active L1, shared vmstate, deletes that free the moved
+// tables, guest writes that reuse their clusters and a revert keep the
+// overlap checks' map and the allocator's reference counts equal to the
+// file's. The L1 table spans two clusters, the vmstate several L2 tables.
+func TestVMStateSharingKeepsMetadataMap(t *testing.T) {
+	const cs = 512
+	p := tmpImage(t, 4<<20, CreateOptions{ClusterSize: cs})
+	q := open(t, p)
+	defer q.Close()
+	if _, err := q.WriteAt(pattern(7, 20*cs), 3*cs); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewSource(5))
+	a := pattern(1, 200*cs+17)
+	saveArea(t, q, "a", a)
+	metaMatchesScan(t, q, "full save")
+	b := mutate(rng, a, cs, 30)
+	saveShared(t, q, "b", ref(t, q, "a"), a, b)
+	metaMatchesScan(t, q, "shared save")
+	if err := q.DeleteSnapshot("a"); err != nil {
+		t.Fatal(err)
+	}
+	metaMatchesScan(t, q, "delete the base")
+	// The freed clusters go to guest data and new tables.
+	if _, err := q.WriteAt(pattern(8, 300*cs), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	metaMatchesScan(t, q, "guest writes")
+	c := mutate(rng, b, cs, 30)
+	saveShared(t, q, "c", ref(t, q, "b"), b, c)
+	metaMatchesScan(t, q, "second shared save")
+	if err := q.DeleteSnapshot("b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.GotoSnapshot("c"); err != nil {
+		t.Fatal(err)
+	}
+	metaMatchesScan(t, q, "revert")
+	if _, err := q.WriteAt(pattern(9, 300*cs), 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.DeleteSnapshot("c"); err != nil {
+		t.Fatal(err)
+	}
+	metaMatchesScan(t, q, "delete the last")
+	checkAll(t, q, p, map[string][]byte{})
 }
