@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/snapvmm/snapvmm/block"
+	"github.com/snapvmm/snapvmm/internal/testutil"
 	"github.com/snapvmm/snapvmm/snapshot"
 )
 
@@ -20,8 +21,9 @@ type savedSnap struct {
 }
 
 // qemuCheck asserts that snapvmm's check and, where it is installed (the
-// nested machine brings it with -tools qemu-img), qemu-img check find
-// nothing wrong with the image.
+// nested machine brings it with -tools qemu-img; SNAPVMM_REQUIRE_TOOLS
+// makes it required), qemu-img check find nothing wrong with the image.
+// q holds the image's lock: flushed and idle, qemu-img reads it with -U.
 func qemuCheck(t *testing.T, q *block.Qcow2, what string) {
 	t.Helper()
 	if r, err := q.Check(false); err != nil || r.ExitCode() != 0 {
@@ -30,10 +32,10 @@ func qemuCheck(t *testing.T, q *block.Qcow2, what string) {
 	if err := q.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := exec.LookPath("qemu-img"); err != nil {
+	if _, err := exec.LookPath("qemu-img"); err != nil && !testutil.ToolRequired("qemu-img") {
 		return
 	}
-	out, err := exec.Command("qemu-img", "check", q.Filename()).CombinedOutput()
+	out, err := exec.Command(testutil.NeedTool(t, "qemu-img"), "check", "-U", q.Filename()).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s: qemu-img check: %v\n%s", what, err, out)
 	}

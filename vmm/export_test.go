@@ -50,3 +50,8 @@ func NewGuestVMForTest(t *testing.T, guest string, cpus int, mem uint64) (*VM, C
 func (c ConsoleForTest) WaitAtLeast(t *testing.T, gpa, n uint64, d time.Duration) {
 	c.b.waitAtLeast(t, gpa, n, d)
 }
+
+// MarkRAMDirtyForTest records a test's own write to guest RAM at
+// [off, off+n) of vm.RAM(): such a write escapes KVM's dirty log, and an
+// incremental save would otherwise share the base's bytes for it.
+func (vm *VM) MarkRAMDirtyForTest(off, n uint64) { vm.markDirty(off, n) }

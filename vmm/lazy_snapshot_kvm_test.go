@@ -130,6 +130,8 @@ func (r *lazyRig) scribble(seed byte) {
 	ram := r.vm.RAM()
 	for off := 8 << 20; off < len(ram); off += 1 << 20 {
 		ram[off] ^= seed | 1
+		// Not the guest's write: the next (incremental) save must know.
+		r.vm.MarkRAMDirtyForTest(uint64(off), 1)
 	}
 	if err := r.mon.Cont(); err != nil {
 		r.t.Fatal(err)
