@@ -25,11 +25,16 @@ $(BIN): $(shell find . -name '*.go' -not -path './build/*') go.mod go.sum
 KVM_OK := $(shell [ -c /dev/kvm ] && (exec 3<>/dev/kvm) 2>/dev/null && echo yes)
 HAVE_QEMU := $(shell command -v qemu-system-x86_64 >/dev/null 2>&1 && echo yes)
 
-# Unit tests and the tiny-guest KVM tests: natively where /dev/kvm opens,
+# The workflow's linter, fetched by the Go module proxy (not a dependency
+# of snapvmm, so not in go.mod).
+ACTIONLINT ?= github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
+
+# Unit tests, the CI workflow's lint and the tiny-guest KVM tests: natively where /dev/kvm opens,
 # else again inside the nested machine (the native run skips them, saying
 # why).
 test: build
 	$(GO) vet ./...
+	$(GO) run $(ACTIONLINT) .github/workflows/ci.yml
 	$(GO) test -count=1 ./...
 ifneq ($(KVM_OK),yes)
 ifeq ($(HAVE_QEMU),yes)
@@ -75,17 +80,21 @@ $(BUILD)/guest/bzImage: tests/guest/snapvmm.config tests/guest/pvm.sed tests/gue
 $(BUILD)/guest/initramfs.cpio.gz: tests/guest/mkinitramfs/main.go internal/cpio/cpio.go
 	$(GO) run ./tests/guest/mkinitramfs -o $(BUILD)/guest
 
-# Boot the Linux guest to its shell, run commands, snapshot it and use its
-# virtio disk: on hardware KVM natively, on a PVM host as far as `Run /init`,
-# and without /dev/kvm inside the nested machine (full boot, nested SVM).
+# Boot the Linux guest to its shell, run commands, snapshot it, use its
+# virtio disk and start it warm from a snapshot (examples/warm-start.sh,
+# cold-vs-warm ratio): on hardware KVM natively, on a PVM host as far as
+# `Run /init`, and without /dev/kvm inside the nested machine (full boot,
+# nested SVM). Then make run as a person uses it, on a pseudo-terminal.
 e2e: build guest
 ifeq ($(KVM_OK),yes)
 	$(GO) test -count=1 -tags e2e -v -timeout 15m -run 'E2E|Banner' ./tests/linux/
 else
-	$(GO) run ./tests/nested -pkgs= -e2e -smp 2 -pin
+	$(GO) run ./tests/nested -pkgs= -e2e -smp 2 -pin -run 'E2E|Banner'
 endif
+	$(GO) test -count=1 -tags e2e -v -timeout 20m -run '^TestTerminal' ./tests/linux/
 
-# Build everything and boot the Linux guest with its console here.
+# Build everything and boot the Linux guest with its console here (without
+# /dev/kvm inside the nested machine); QMP on build/qmp.sock.
 run: build
 	@bash tests/guest/run.sh
 
