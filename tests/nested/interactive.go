@@ -63,7 +63,7 @@ poweroff -f
 // interactive boots the nested machine with the guest console on this
 // terminal and returns the exit status for the process: snapvmm's own, or
 // 128+N after signal N.
-func interactive(memMiB int, guestMem string, guestCPUs int, qmpPath string) (int, error) {
+func interactive(memMiB int, guestMem string, guestCPUs int, qmpPath, why string) (int, error) {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		return 1, errors.New("qemu-system-x86_64 is needed: apt-get install qemu-system-x86")
 	}
@@ -128,8 +128,8 @@ func interactive(memMiB int, guestMem string, guestCPUs int, qmpPath string) (in
 		}
 		defer l.Close()
 	}
-	fmt.Printf("snapvmm: no /dev/kvm on this host: the guest runs inside a machine emulated by QEMU (a minute to the prompt; Ctrl-a x quits%s)\n",
-		map[bool]string{true: "; QMP: " + qmpPath, false: ""}[qmpPath != ""])
+	fmt.Printf("snapvmm: %s: the guest runs inside a machine emulated by QEMU (a minute to the prompt; Ctrl-a x quits%s)\n",
+		why, map[bool]string{true: "; QMP: " + qmpPath, false: ""}[qmpPath != ""])
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)

@@ -69,9 +69,10 @@ func main() {
 	guestMem := flag.String("guest-mem", "512M", "with -interactive: the guest's --memory")
 	guestCPUs := flag.Int("guest-cpus", 2, "with -interactive: the guest's --cpus")
 	qmpPath := flag.String("qmp", "", "with -interactive: offer snapvmm's QMP monitor on this Unix socket here")
+	why := flag.String("why", "no /dev/kvm on this host", "with -interactive: why the guest does not run natively, for the first line")
 	flag.Parse()
 	if *inter {
-		code, err := interactive(*mem, *guestMem, *guestCPUs, *qmpPath)
+		code, err := interactive(*mem, *guestMem, *guestCPUs, *qmpPath, *why)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "snapvmm: %v\n", err)
 		}
