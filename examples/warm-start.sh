@@ -124,6 +124,7 @@ wait_for "$READY"
 run_job 0
 cold_ms=$(($(now_ms) - t0))
 echo "cold: booted and answered in $((cold_ms / 1000)).$(printf %03d $((cold_ms % 1000))) s: exit $rc: $answer"
+echo "cold: saving snapshot ready"
 "$SNAPVMM" snapshot save --qmp "$WORK/cold.sock" --tag ready >"$WORK/save.log" 2>&1 ||
 	{ cat "$WORK/save.log" >&2; die "snapshot save failed"; }
 stop_vm
