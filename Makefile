@@ -31,14 +31,20 @@ HAVE_QEMU := $(shell command -v qemu-system-x86_64 >/dev/null 2>&1 && echo yes)
 PVM := $(shell [ -d /sys/module/kvm_pvm ] && ! grep -qE '\b(vmx|svm)\b' /proc/cpuinfo && echo yes)
 HW_KVM := $(if $(filter yes,$(KVM_OK)),$(if $(filter yes,$(PVM)),,yes),)
 
-# Unit tests and the tiny-guest KVM tests: natively where /dev/kvm opens,
-# and, unless it is hardware KVM, again inside the nested machine (without
-# /dev/kvm the native run skips them, saying why; on a PVM host the nested
-# run covers the hardware-style KVM paths PVM never takes). One package at
-# a time (-p 1): the latency bounds of the monitor tests must not compete
-# with a Linux boot in another package for the two cores.
+# The workflow's linter, fetched by the Go module proxy (not a dependency
+# of snapvmm, so not in go.mod).
+ACTIONLINT ?= github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
+
+# Unit tests, the CI workflow's lint and the tiny-guest KVM tests: natively
+# where /dev/kvm opens, and, unless it is hardware KVM, again inside the
+# nested machine (without /dev/kvm the native run skips them, saying why;
+# on a PVM host the nested run covers the hardware-style KVM paths PVM
+# never takes). One package at a time (-p 1): the latency bounds of the
+# monitor tests must not compete with a Linux boot in another package for
+# the two cores.
 test: build
 	$(GO) vet ./...
+	$(GO) run $(ACTIONLINT) .github/workflows/ci.yml
 	$(GO) test -count=1 -p 1 ./...
 ifneq ($(HW_KVM),yes)
 ifeq ($(HAVE_QEMU),yes)
@@ -84,18 +90,22 @@ $(BUILD)/guest/bzImage: tests/guest/snapvmm.config tests/guest/pvm.sed tests/gue
 $(BUILD)/guest/initramfs.cpio.gz: tests/guest/mkinitramfs/main.go internal/cpio/cpio.go
 	$(GO) run ./tests/guest/mkinitramfs -o $(BUILD)/guest
 
-# Boot the Linux guest to its shell, run commands, snapshot it and use its
-# virtio disk: on hardware KVM natively, elsewhere (no /dev/kvm, or a PVM
-# host where Linux user space cannot run) inside the nested machine (full
-# boot, nested SVM).
+# Boot the Linux guest to its shell, run commands, snapshot it, use its
+# virtio disk and start it warm from a snapshot (examples/warm-start.sh,
+# cold-vs-warm ratio): on hardware KVM natively, elsewhere (no /dev/kvm, or
+# a PVM host where Linux user space cannot run) inside the nested machine
+# (full boot, nested SVM). Then make run as a person uses it, on a
+# pseudo-terminal.
 e2e: build guest
 ifeq ($(HW_KVM),yes)
 	$(GO) test -count=1 -tags e2e -v -timeout 15m -run 'E2E|Banner' ./tests/linux/
 else
-	$(GO) run ./tests/nested -pkgs= -e2e -smp 2 -pin
+	$(GO) run ./tests/nested -pkgs= -e2e -smp 2 -pin -run 'E2E|Banner'
 endif
+	$(GO) test -count=1 -tags e2e -v -timeout 20m -run '^TestTerminal' ./tests/linux/
 
-# Build everything and boot the Linux guest with its console here.
+# Build everything and boot the Linux guest with its console here (without
+# /dev/kvm inside the nested machine); QMP on build/qmp.sock.
 run: build
 	@bash tests/guest/run.sh
 
