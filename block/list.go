@@ -34,15 +34,29 @@ func FormatSnapshotRow(s Snapshot, id string, loc *time.Location) string {
 	if s.ICount >= 0 {
 		icount = fmt.Sprint(s.ICount)
 	}
-	return fmt.Sprintf("%-9s %-16s %8s%20s%13s%11s", id, s.Name, SizeToStr(s.VMStateSize),
+	return fmt.Sprintf("%s %s %8s%20s%13s%11s", padBytes(id, 9), padBytes(s.Name, 16), SizeToStr(s.VMStateSize),
 		s.Date.In(loc).Format("2006-01-02 15:04:05"), clock, icount)
+}
+
+// padBytes pads s with spaces to n bytes, as C's printf("%-ns") does: Go's
+// fmt counts runes, and the listing must match QEMU's byte for byte for
+// names in UTF-8 (or in no encoding at all).
+func padBytes(s string, n int) string {
+	if len(s) >= n {
+		return s
+	}
+	return s + strings.Repeat(" ", n-len(s))
 }
 
 // SnapshotListHeader is the column header of QEMU's snapshot listings.
 var SnapshotListHeader = fmt.Sprintf("%-10s%-17s%8s%20s%13s%11s", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT")
 
-// FormatSnapshotList is the output of `qemu-img snapshot -l`.
+// FormatSnapshotList is the output of `qemu-img snapshot -l`: nothing at
+// all when there are no snapshots.
 func FormatSnapshotList(snaps []Snapshot, loc *time.Location) string {
+	if len(snaps) == 0 {
+		return ""
+	}
 	var b strings.Builder
 	b.WriteString("Snapshot list:\n" + SnapshotListHeader + "\n")
 	for _, s := range snaps {

@@ -37,7 +37,19 @@ type Qcow2 struct {
 	snapTbl  uint64 // on-disk bytes of the snapshot table
 	end      uint64 // first cluster index past every cluster in use
 	hint     uint64 // no free cluster below this index
-	lastCmp  struct {
+	bitmaps  bitmapExt
+	// Set by prepare before the first change: the references every
+	// cluster has (what the allocator trusts besides the refcounts), the
+	// file's clusters when they were counted, and where each metadata
+	// structure lies (what the overlap checks consult).
+	refs    []uint16
+	scanEnd uint64
+	meta    *metaMap
+	corrupt bool // an overlap was refused: no more writes
+	// keepAutoclear is set while a leak repair writes: it changes
+	// neither guest data nor what a bitmap records, so bitmaps stay valid.
+	keepAutoclear bool
+	lastCmp       struct {
 		off  uint64
 		data []byte
 	}
@@ -51,13 +63,16 @@ type Qcow2 struct {
 	vmRes vmReservation // qcow2_vmstate.go
 }
 
-// OpenQcow2 opens a qcow2 image.
-func OpenQcow2(path, name string, readOnly bool) (q *Qcow2, err error) {
-	flag := os.O_RDWR
-	if readOnly {
-		flag = os.O_RDONLY
-	}
-	f, err := os.OpenFile(path, flag, 0)
+// OpenQcow2 opens a qcow2 image, taking QEMU's image locks.
+func OpenQcow2(path, name string, readOnly bool) (*Qcow2, error) {
+	return OpenQcow2With(path, name, OpenOptions{ReadOnly: readOnly})
+}
+
+// OpenQcow2With opens a qcow2 image with options. Nothing is written at
+// open: the first change prepares the image (see prepare).
+func OpenQcow2With(path, name string, o OpenOptions) (q *Qcow2, err error) {
+	readOnly := o.ReadOnly
+	f, err := openLocked(path, o)
 	if err != nil {
 		return nil, fmt.Errorf("open qcow2 %q: %w", path, err)
 	}
@@ -99,7 +114,7 @@ func OpenQcow2(path, name string, readOnly bool) (q *Qcow2, err error) {
 	if _, err := f.ReadAt(hdrCluster, 0); err != nil && err != io.EOF {
 		return nil, err
 	}
-	if err := parseExtensions(hdrCluster, h.headerLen); err != nil {
+	if q.bitmaps, err = parseExtensions(hdrCluster, h.headerLen); err != nil {
 		return nil, err
 	}
 	if q.l1, err = q.readTable(h.l1Offset, uint64(h.l1Size)); err != nil {
@@ -117,14 +132,6 @@ func OpenQcow2(path, name string, readOnly bool) (q *Qcow2, err error) {
 		return nil, err
 	}
 	q.end = (fsize + q.cs - 1) >> q.cbits
-	if !readOnly && h.version == 3 && h.autoclear != 0 {
-		// Unknown autoclear features (e.g. bitmaps) are invalid once the
-		// image is modified; the spec says to clear them.
-		if err := q.writeHeaderField(hdrOffAutoclear, binary.BigEndian.AppendUint64(nil, 0)); err != nil {
-			return nil, err
-		}
-		q.h.autoclear = 0
-	}
 	return q, nil
 }
 
@@ -152,14 +159,14 @@ func encodeTable(t []uint64, size uint64) []byte {
 	return b
 }
 
+// writeAt writes without the overlap checks: only writeMeta and the
+// corruption marker call it.
 func (q *Qcow2) writeAt(b []byte, off uint64) error {
 	if _, err := q.f.WriteAt(b, int64(off)); err != nil {
 		return fmt.Errorf("qcow2 %q: write %d bytes at %#x: %w", q.name, len(b), off, err)
 	}
 	return nil
 }
-
-func (q *Qcow2) writeHeaderField(off uint64, b []byte) error { return q.writeAt(b, off) }
 
 func (q *Qcow2) sync() error {
 	if err := q.f.Sync(); err != nil {
@@ -208,290 +215,6 @@ func (q *Qcow2) Close() error {
 		err = q.sync()
 	}
 	return errors.Join(err, q.f.Close())
-}
-
-// --- refcounts ---
-
-func (q *Qcow2) rcBlock(off uint64) ([]byte, error) {
-	if b, ok := q.rcBlocks[off]; ok {
-		return b, nil
-	}
-	b := make([]byte, q.cs)
-	if _, err := q.f.ReadAt(b, int64(off)); err != nil {
-		return nil, fmt.Errorf("read refcount block at %#x: %w", off, err)
-	}
-	if len(q.rcBlocks) > 256 {
-		clear(q.rcBlocks) // write-through cache: dropping entries loses nothing
-	}
-	q.rcBlocks[off] = b
-	return b, nil
-}
-
-func (q *Qcow2) rcGet(b []byte, i uint64) uint64 {
-	switch q.rcBits {
-	case 16:
-		return uint64(binary.BigEndian.Uint16(b[2*i:]))
-	case 32:
-		return uint64(binary.BigEndian.Uint32(b[4*i:]))
-	case 64:
-		return binary.BigEndian.Uint64(b[8*i:])
-	case 8:
-		return uint64(b[i])
-	}
-	per := 8 / q.rcBits // 1, 2, 4 bits: most significant bits first? qcow2 packs from the LSB
-	shift := (i % per) * q.rcBits
-	return uint64(b[i/per]>>shift) & (1<<q.rcBits - 1)
-}
-
-// refcount returns the refcount of cluster c.
-func (q *Qcow2) refcount(c uint64) (uint64, error) {
-	idx := c / q.rcPerBlk
-	if idx >= uint64(len(q.rt)) || q.rt[idx]&^0x1ff == 0 {
-		return 0, nil
-	}
-	b, err := q.rcBlock(q.rt[idx] &^ 0x1ff)
-	if err != nil {
-		return 0, err
-	}
-	return q.rcGet(b, c%q.rcPerBlk), nil
-}
-
-// setRefcount writes cluster c's refcount; its block must exist.
-func (q *Qcow2) setRefcount(c, v uint64) error {
-	if v > 0xffff {
-		return fmt.Errorf("refcount of cluster %d would overflow", c)
-	}
-	idx := c / q.rcPerBlk
-	if err := q.ensureRCBlock(idx); err != nil {
-		return err
-	}
-	off := q.rt[idx] &^ 0x1ff
-	b, err := q.rcBlock(off)
-	if err != nil {
-		return err
-	}
-	i := c % q.rcPerBlk
-	binary.BigEndian.PutUint16(b[2*i:], uint16(v))
-	if err := q.writeAt(b[2*i:2*i+2], off+2*i); err != nil {
-		return err
-	}
-	if v == 0 && c < q.hint {
-		q.hint = c
-	}
-	if v > 0 && c >= q.end {
-		q.end = c + 1
-	}
-	return nil
-}
-
-// addRefcount adds d (±) to cluster c's refcount.
-func (q *Qcow2) addRefcount(c uint64, d int64) error {
-	r, err := q.refcount(c)
-	if err != nil {
-		return err
-	}
-	if d < 0 && r < uint64(-d) {
-		return fmt.Errorf("refcount of cluster %d (offset %#x) would drop below zero: image corrupt", c, c<<q.cbits)
-	}
-	return q.setRefcount(c, uint64(int64(r)+d))
-}
-
-// findFree returns the first run of n clusters with refcount 0.
-func (q *Qcow2) findFree(n uint64) (uint64, error) {
-	c, run := q.hint, uint64(0)
-	for run < n {
-		r, err := q.refcount(c + run)
-		if err != nil {
-			return 0, err
-		}
-		if r == 0 {
-			run++
-		} else {
-			c, run = c+run+1, 0
-		}
-	}
-	return c, nil
-}
-
-// ensureRCBlock makes sure refcount block idx exists, allocating it (and
-// growing the refcount table) when needed.
-func (q *Qcow2) ensureRCBlock(idx uint64) error {
-	for {
-		if idx >= uint64(len(q.rt)) {
-			if err := q.growRefcountTable(idx + 1); err != nil {
-				return err
-			}
-			continue
-		}
-		if q.rt[idx]&^0x1ff != 0 {
-			return nil
-		}
-		b, err := q.findFree(1)
-		if err != nil {
-			return err
-		}
-		blk := make([]byte, q.cs)
-		if b/q.rcPerBlk == idx {
-			// The block describes itself.
-			binary.BigEndian.PutUint16(blk[2*(b%q.rcPerBlk):], 1)
-			if err := q.writeAt(blk, b<<q.cbits); err != nil {
-				return err
-			}
-		} else {
-			other := b / q.rcPerBlk
-			if other >= uint64(len(q.rt)) || q.rt[other]&^0x1ff == 0 {
-				if err := q.ensureRCBlock(other); err != nil {
-					return err
-				}
-				continue // that allocation may have taken cluster b
-			}
-			if err := q.writeAt(blk, b<<q.cbits); err != nil {
-				return err
-			}
-			if err := q.setRefcount(b, 1); err != nil {
-				return err
-			}
-		}
-		q.rcBlocks[b<<q.cbits] = blk
-		q.rt[idx] = b << q.cbits
-		if b >= q.end {
-			q.end = b + 1
-		}
-		return q.writeAt(binary.BigEndian.AppendUint64(nil, q.rt[idx]), q.h.rtOffset+8*idx)
-	}
-}
-
-// growRefcountTable moves the refcount table to the end of the image with
-// room for at least min entries, together with the refcount blocks that
-// describe the new table and themselves.
-func (q *Qcow2) growRefcountTable(min uint64) error {
-	perCluster := q.cs / 8
-	n := uint64(len(q.rt)) * 2
-	if n < min {
-		n = min
-	}
-	start := q.end
-	var tc, nb uint64
-	var newBlocks []uint64 // block indexes to create
-	for {
-		n = (n + perCluster - 1) / perCluster * perCluster
-		tc = n / perCluster
-		newBlocks = newBlocks[:0]
-		end := start + tc + nb
-		for idx := start / q.rcPerBlk; idx <= (end-1)/q.rcPerBlk; idx++ {
-			if idx >= uint64(len(q.rt)) || q.rt[idx]&^0x1ff == 0 {
-				newBlocks = append(newBlocks, idx)
-			}
-		}
-		last := (end - 1) / q.rcPerBlk
-		if uint64(len(newBlocks)) == nb && last < n {
-			break
-		}
-		nb = uint64(len(newBlocks))
-		if last >= n {
-			n = last + 1
-		}
-	}
-	if uint64(n)*8 > maxRefTableBytes {
-		return fmt.Errorf("refcount table would exceed %d bytes", maxRefTableBytes)
-	}
-	end := start + tc + nb
-	rt := make([]uint64, n)
-	copy(rt, q.rt)
-	blocks := map[uint64][]byte{}
-	for k, idx := range newBlocks {
-		c := start + tc + uint64(k)
-		rt[idx] = c << q.cbits
-		blocks[idx] = make([]byte, q.cs)
-	}
-	// Refcounts of the new table and blocks: in a new block, or in an
-	// existing one (written in place before anything points at them).
-	for c := start; c < end; c++ {
-		idx := c / q.rcPerBlk
-		if b, ok := blocks[idx]; ok {
-			binary.BigEndian.PutUint16(b[2*(c%q.rcPerBlk):], 1)
-			continue
-		}
-		b, err := q.rcBlock(rt[idx] &^ 0x1ff)
-		if err != nil {
-			return err
-		}
-		i := c % q.rcPerBlk
-		binary.BigEndian.PutUint16(b[2*i:], 1)
-		if err := q.writeAt(b[2*i:2*i+2], (rt[idx]&^0x1ff)+2*i); err != nil {
-			return err
-		}
-	}
-	for idx, b := range blocks {
-		if err := q.writeAt(b, rt[idx]&^0x1ff); err != nil {
-			return err
-		}
-		q.rcBlocks[rt[idx]&^0x1ff] = b
-	}
-	if err := q.writeAt(encodeTable(rt, tc*q.cs), start<<q.cbits); err != nil {
-		return err
-	}
-	if err := q.sync(); err != nil {
-		return err
-	}
-	hdr := binary.BigEndian.AppendUint64(nil, start<<q.cbits)
-	hdr = binary.BigEndian.AppendUint32(hdr, uint32(tc))
-	if err := q.writeHeaderField(hdrOffRT, hdr); err != nil {
-		return err
-	}
-	if err := q.sync(); err != nil {
-		return err
-	}
-	oldOff, oldClusters := q.h.rtOffset, uint64(q.h.rtClusters)
-	q.rt, q.h.rtOffset, q.h.rtClusters = rt, start<<q.cbits, uint32(tc)
-	q.end = end
-	return q.freeClusters(oldOff, oldClusters*q.cs)
-}
-
-// alloc allocates n contiguous clusters (refcount 1) and returns the
-// offset of the first.
-func (q *Qcow2) alloc(n uint64) (uint64, error) {
-	for {
-		c, err := q.findFree(n)
-		if err != nil {
-			return 0, err
-		}
-		// Create missing refcount blocks first; they may take clusters of
-		// the run just found, in which case search again.
-		again := false
-		for idx := c / q.rcPerBlk; idx <= (c+n-1)/q.rcPerBlk; idx++ {
-			if idx >= uint64(len(q.rt)) || q.rt[idx]&^0x1ff == 0 {
-				if err := q.ensureRCBlock(idx); err != nil {
-					return 0, err
-				}
-				again = true
-			}
-		}
-		if again {
-			continue
-		}
-		for i := uint64(0); i < n; i++ {
-			if err := q.setRefcount(c+i, 1); err != nil {
-				return 0, err
-			}
-		}
-		q.hint = c + n
-		return c << q.cbits, nil
-	}
-}
-
-// freeClusters lowers the refcount of every cluster touched by
-// [off, off+size).
-func (q *Qcow2) freeClusters(off, size uint64) error {
-	if size == 0 {
-		return nil
-	}
-	for c := off >> q.cbits; c <= (off+size-1)>>q.cbits; c++ {
-		if err := q.addRefcount(c, -1); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // --- L2 tables and clusters ---
@@ -550,12 +273,11 @@ func (q *Qcow2) loadL2(off uint64) ([]uint64, error) {
 }
 
 func (q *Qcow2) writeL2Entry(l2off, i, e uint64, t []uint64) error {
+	if err := q.writeMeta(binary.BigEndian.AppendUint64(nil, e), l2off+8*i, olActiveL2); err != nil {
+		return err
+	}
 	t[i] = e
-	return q.writeAt(binary.BigEndian.AppendUint64(nil, e), l2off+8*i)
-}
-
-func (q *Qcow2) writeL1Entry(i uint64) error {
-	return q.writeAt(binary.BigEndian.AppendUint64(nil, q.l1[i]), q.h.l1Offset+8*i)
+	return nil
 }
 
 // compressedRange decodes a compressed L2 entry into the host byte range
@@ -653,7 +375,7 @@ func (q *Qcow2) growL1(n uint64) error {
 	}
 	l1 := make([]uint64, n)
 	copy(l1, q.l1)
-	if err := q.writeAt(encodeTable(l1, size), off); err != nil {
+	if err := q.writeMeta(encodeTable(l1, size), off, 0); err != nil {
 		return err
 	}
 	if err := q.sync(); err != nil {
@@ -661,7 +383,7 @@ func (q *Qcow2) growL1(n uint64) error {
 	}
 	hdr := binary.BigEndian.AppendUint32(nil, uint32(n))
 	hdr = binary.BigEndian.AppendUint64(hdr, off)
-	if err := q.writeHeaderField(hdrOffL1Size, hdr); err != nil {
+	if err := q.writeMeta(hdr, hdrOffL1Size, olHeader); err != nil {
 		return err
 	}
 	if err := q.sync(); err != nil {
@@ -700,11 +422,10 @@ func (q *Qcow2) l2ForWrite(i uint64) (uint64, []uint64, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	if err := q.writeAt(encodeTable(t, q.cs), off); err != nil {
+	if err := q.writeMeta(encodeTable(t, q.cs), off, 0); err != nil {
 		return 0, nil, err
 	}
-	q.l1[i] = off | flagCopied
-	if err := q.writeL1Entry(i); err != nil {
+	if err := q.setL1(i, off|flagCopied); err != nil {
 		return 0, nil, err
 	}
 	q.l2c.put(off, t)
@@ -742,7 +463,7 @@ func (q *Qcow2) writeThrough(p []byte, off uint64) error {
 		e := t[l2i]
 		zeroFlag := q.h.version == 3 && e&flagZero != 0
 		if e&flagCopied != 0 && e&flagCompr == 0 && e&offsetMask != 0 && !zeroFlag {
-			return q.writeAt(data, (e&offsetMask)+in)
+			return q.writeMeta(data, (e&offsetMask)+in, 0)
 		}
 		buf := data // a whole cluster is written as it is
 		if n < q.cs {
@@ -757,7 +478,7 @@ func (q *Qcow2) writeThrough(p []byte, off uint64) error {
 		if err != nil {
 			return err
 		}
-		if err := q.writeAt(buf, nc); err != nil {
+		if err := q.writeMeta(buf, nc, 0); err != nil {
 			return err
 		}
 		if err := q.writeL2Entry(l2off, l2i, nc|flagCopied, t); err != nil {
@@ -797,6 +518,9 @@ func (q *Qcow2) WriteAt(p []byte, off int64) (int, error) {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if err := q.prepare(); err != nil {
+		return 0, fmt.Errorf("write qcow2 %q: %w", q.name, err)
+	}
 	if err := q.writeThrough(p, uint64(off)); err != nil {
 		return 0, fmt.Errorf("qcow2 %q: %w", q.name, err)
 	}
@@ -831,6 +555,9 @@ func (q *Qcow2) zeroRange(op string, off, n int64, f func(off, n uint64) error) 
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if err := q.prepare(); err != nil {
+		return fmt.Errorf("%s qcow2 %q: %w", op, q.name, err)
+	}
 	return f(uint64(off), uint64(n))
 }
 

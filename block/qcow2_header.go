@@ -189,27 +189,40 @@ func checkTable(what string, off, size, cs, fileSize uint64) error {
 	return nil
 }
 
+// bitmapExt is the bitmaps header extension: where the bitmap directory
+// lies.
+type bitmapExt struct {
+	present         bool
+	nbBitmaps       uint32
+	dirSize, dirOff uint64
+}
+
 // parseExtensions walks the header extensions, refusing those that change
-// how data must be read.
-func parseExtensions(b []byte, start uint32) error {
+// how data must be read, and returns the bitmaps extension.
+func parseExtensions(b []byte, start uint32) (bitmapExt, error) {
 	be := binary.BigEndian
+	var bm bitmapExt
 	off := uint64(start)
 	for off+8 <= uint64(len(b)) {
 		typ, n := be.Uint32(b[off:]), uint64(be.Uint32(b[off+4:]))
 		off += 8
 		if typ == extEnd {
-			return nil
+			return bm, nil
 		}
 		if off+n > uint64(len(b)) {
-			return fmt.Errorf("header extension %#x of %d bytes runs past the header cluster", typ, n)
+			return bm, fmt.Errorf("header extension %#x of %d bytes runs past the header cluster", typ, n)
 		}
 		switch typ {
 		case extCrypto:
-			return fmt.Errorf("encryption is not supported")
+			return bm, fmt.Errorf("encryption is not supported")
 		case extDataFile:
-			return fmt.Errorf("external data files are not supported (%q)", strings.TrimRight(string(b[off:off+n]), "\x00"))
+			return bm, fmt.Errorf("external data files are not supported (%q)", strings.TrimRight(string(b[off:off+n]), "\x00"))
+		case extBitmaps:
+			if n >= 24 {
+				bm = bitmapExt{present: true, nbBitmaps: be.Uint32(b[off:]), dirSize: be.Uint64(b[off+8:]), dirOff: be.Uint64(b[off+16:])}
+			}
 		}
 		off += (n + 7) &^ 7
 	}
-	return nil
+	return bm, nil
 }

@@ -148,7 +148,7 @@ func (q *Qcow2) writeSnapshots(snaps []qsnap) error {
 		}
 		buf := make([]byte, clusters*q.cs)
 		copy(buf, tbl)
-		if err := q.writeAt(buf, off); err != nil {
+		if err := q.writeMeta(buf, off, 0); err != nil {
 			return err
 		}
 	}
@@ -157,7 +157,7 @@ func (q *Qcow2) writeSnapshots(snaps []qsnap) error {
 	}
 	hdr := binary.BigEndian.AppendUint32(nil, uint32(len(snaps)))
 	hdr = binary.BigEndian.AppendUint64(hdr, off)
-	if err := q.writeHeaderField(hdrOffSnaps, hdr); err != nil {
+	if err := q.writeMeta(hdr, hdrOffSnaps, olHeader); err != nil {
 		return err
 	}
 	if err := q.sync(); err != nil {
@@ -243,7 +243,7 @@ func (q *Qcow2) updateRefcounts(l1 []uint64, addend int64, fixCopied bool) error
 			}
 		}
 		if dirty {
-			if err := q.writeAt(encodeTable(t, q.cs), l2off); err != nil {
+			if err := q.writeMeta(encodeTable(t, q.cs), l2off, olActiveL2); err != nil {
 				return err
 			}
 		}
@@ -262,11 +262,50 @@ func (q *Qcow2) updateRefcounts(l1 []uint64, addend int64, fixCopied bool) error
 				ne |= flagCopied
 			}
 			if ne != e {
-				l1[i] = ne
-				if err := q.writeL1Entry(uint64(i)); err != nil {
+				// fixCopied is only ever asked for the active table.
+				if err := q.setL1(uint64(i), ne); err != nil {
 					return err
 				}
 			}
+		}
+	}
+	return nil
+}
+
+// checkRaise verifies, before anything is written, that one more
+// reference to everything l1 reaches keeps every refcount in range: an
+// overflow found half way would fail a command after part of its effect.
+func (q *Qcow2) checkRaise(l1 []uint64) error {
+	delta := map[uint64]uint64{}
+	for _, e := range l1 {
+		l2off := e & offsetMask
+		if l2off == 0 {
+			continue
+		}
+		t, err := q.loadL2(l2off)
+		if err != nil {
+			return err
+		}
+		delta[l2off>>q.cbits]++
+		for _, d := range t {
+			switch {
+			case d&flagCompr != 0:
+				off, size := q.compressedRange(d &^ (flagCopied | flagCompr))
+				for c := off >> q.cbits; c <= (off+size-1)>>q.cbits; c++ {
+					delta[c]++
+				}
+			case d&offsetMask != 0:
+				delta[(d&offsetMask)>>q.cbits]++
+			}
+		}
+	}
+	for c, n := range delta {
+		r, err := q.refcount(c)
+		if err != nil {
+			return err
+		}
+		if r+n > 0xffff {
+			return fmt.Errorf("the refcount of cluster %d (%d) would overflow: it cannot be shared %d more times", c, r, n)
 		}
 	}
 	return nil
@@ -304,6 +343,9 @@ func (q *Qcow2) WriteVMState(p []byte, off int64) error {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if err := q.prepare(); err != nil {
+		return fmt.Errorf("write vmstate to qcow2 %q: %w", q.name, err)
+	}
 	if err := q.writeVMState(p, uint64(off)); err != nil {
 		return fmt.Errorf("write vmstate to qcow2 %q: %w", q.name, err)
 	}
@@ -346,8 +388,7 @@ func (q *Qcow2) dropVMState() error {
 		if err != nil {
 			return err
 		}
-		q.l1[i] = 0
-		if err := q.writeL1Entry(i); err != nil {
+		if err := q.setL1(i, 0); err != nil {
 			return err
 		}
 		for _, d := range t {
@@ -395,23 +436,32 @@ func (q *Qcow2) createSnapshot(s Snapshot) (Snapshot, error) {
 	if len(s.ID) > 0xffff || len(s.Name) > 0xffff {
 		return Snapshot{}, fmt.Errorf("snapshot id or name too long")
 	}
+	if err := q.prepare(); err != nil {
+		return Snapshot{}, err
+	}
+	if err := q.checkRaise(q.l1); err != nil {
+		return Snapshot{}, err
+	}
 	if s.Date.IsZero() {
 		s.Date = time.Now()
 	}
 	s.DiskSize = q.h.size
+	if s.VMStateSize > 0 {
+		return q.createMovingVMState(s) // qcow2_vmstate_share.go
+	}
 	// Copy the active L1 to new clusters.
 	size := uint64(len(q.l1)) * 8
 	var l1off uint64
+	snapL1 := make([]uint64, len(q.l1))
 	if size > 0 {
 		var err error
 		if l1off, err = q.alloc((size + q.cs - 1) / q.cs); err != nil {
 			return Snapshot{}, err
 		}
-		snapL1 := make([]uint64, len(q.l1))
 		for i, e := range q.l1 {
 			snapL1[i] = e &^ flagCopied // a snapshot's tables are never written in place
 		}
-		if err := q.writeAt(encodeTable(snapL1, (size+q.cs-1)&^(q.cs-1)), l1off); err != nil {
+		if err := q.writeMeta(encodeTable(snapL1, (size+q.cs-1)&^(q.cs-1)), l1off, 0); err != nil {
 			return Snapshot{}, err
 		}
 	}
@@ -429,6 +479,7 @@ func (q *Qcow2) createSnapshot(s Snapshot) (Snapshot, error) {
 	if err := q.writeSnapshots(snaps); err != nil {
 		return Snapshot{}, err
 	}
+	q.markSnapshot(l1off, snapL1, 1)
 	if s.VMStateSize > 0 {
 		if err := q.dropVMState(); err != nil {
 			return Snapshot{}, err
@@ -466,6 +517,12 @@ func (q *Qcow2) gotoSnapshot(idOrName string) error {
 	if err != nil {
 		return err
 	}
+	if err := q.prepare(); err != nil {
+		return err
+	}
+	if err := q.checkRaise(snapL1); err != nil {
+		return err
+	}
 	// Take references for the snapshot's clusters first: a crash from here
 	// on leaks, never frees something still in use.
 	if err := q.updateRefcounts(snapL1, 1, false); err != nil {
@@ -485,11 +542,15 @@ func (q *Qcow2) gotoSnapshot(idOrName string) error {
 	if err := q.sync(); err != nil {
 		return err
 	}
-	if err := q.writeAt(encodeTable(newL1, uint64(len(newL1))*8), q.h.l1Offset); err != nil {
+	if err := q.writeMeta(encodeTable(newL1, uint64(len(newL1))*8), q.h.l1Offset, olActiveL1); err != nil {
 		return err
 	}
 	if err := q.sync(); err != nil {
 		return err
+	}
+	for i := range newL1 {
+		q.markL2(q.meta.activeL2, q.l1[i], -1)
+		q.markL2(q.meta.activeL2, newL1[i], 1)
 	}
 	q.l1 = newL1
 	if err := q.updateRefcounts(old, -1, false); err != nil {
@@ -524,11 +585,15 @@ func (q *Qcow2) deleteSnapshot(idOrName string) error {
 	if err != nil {
 		return err
 	}
+	if err := q.prepare(); err != nil {
+		return err
+	}
 	snaps := append(append([]qsnap(nil), q.snaps[:i]...), q.snaps[i+1:]...)
 	// Unlink first, then release: a crash in between only leaks.
 	if err := q.writeSnapshots(snaps); err != nil {
 		return err
 	}
+	q.markSnapshot(s.l1Offset, snapL1, -1)
 	if err := q.updateRefcounts(snapL1, -1, false); err != nil {
 		return err
 	}

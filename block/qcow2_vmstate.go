@@ -43,6 +43,9 @@ func (q *Qcow2) BeginVMState(size uint64) error {
 }
 
 func (q *Qcow2) beginVMState(size uint64) error {
+	if err := q.prepare(); err != nil {
+		return err
+	}
 	if err := q.endVMState(); err != nil {
 		return err
 	}
@@ -127,7 +130,7 @@ func (q *Qcow2) writeVMState(p []byte, off uint64) error {
 		}
 		host := (r.host + i) << q.cbits
 		// Data first, then the reference; its refcount is already 1.
-		if err := q.writeAt(buf, host); err != nil {
+		if err := q.writeMeta(buf, host, 0); err != nil {
 			return err
 		}
 		r.used[i] = true

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/snapvmm/snapvmm/internal/testutil"
 )
 
 // qemuImg runs qemu-img, the reference implementation, and returns its
@@ -14,10 +16,7 @@ import (
 // (.ci/run installs qemu-utils).
 func qemuImg(t *testing.T, args ...string) (string, int) {
 	t.Helper()
-	path, err := exec.LookPath("qemu-img")
-	if err != nil {
-		t.Skip("skipping: qemu-img not installed (apt-get install qemu-utils)")
-	}
+	path := testutil.NeedTool(t, "qemu-img")
 	cmd := exec.Command(path, args...)
 	cmd.Env = append(os.Environ(), "TZ=UTC", "LC_ALL=C")
 	out, err := cmd.CombinedOutput()

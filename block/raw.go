@@ -18,13 +18,15 @@ type Raw struct {
 	size uint64
 }
 
-// OpenRaw opens path as a raw image.
+// OpenRaw opens path as a raw image, taking QEMU's image locks.
 func OpenRaw(path, name string, readOnly bool) (*Raw, error) {
-	flag := os.O_RDWR
-	if readOnly {
-		flag = os.O_RDONLY
-	}
-	f, err := os.OpenFile(path, flag, 0)
+	return OpenRawWith(path, name, OpenOptions{ReadOnly: readOnly})
+}
+
+// OpenRawWith opens path as a raw image with options.
+func OpenRawWith(path, name string, o OpenOptions) (*Raw, error) {
+	readOnly := o.ReadOnly
+	f, err := openLocked(path, o)
 	if err != nil {
 		return nil, fmt.Errorf("open raw %q: %w", path, err)
 	}

@@ -17,10 +17,12 @@ type DriveSpec struct {
 	NodeName string // "" means generate one
 	If       string // "virtio" (attached to the guest) or "none"
 	ReadOnly bool
+	// NoLock is locking=off: QEMU's image locks are not taken.
+	NoLock bool
 }
 
 // ParseDriveSpec parses QEMU-style
-// file=PATH[,format=qcow2|raw][,node-name=NAME][,if=virtio|none][,readonly=on|off].
+// file=PATH[,format=qcow2|raw][,node-name=NAME][,if=virtio|none][,readonly=on|off][,locking=on|off|auto].
 // Commas inside a value are written doubled, as in QEMU.
 func ParseDriveSpec(s string) (DriveSpec, error) {
 	d := DriveSpec{If: "virtio"}
@@ -55,6 +57,15 @@ func ParseDriveSpec(s string) (DriveSpec, error) {
 				d.ReadOnly = false
 			default:
 				return d, fmt.Errorf("drive %q: readonly=%q: want on or off", s, v)
+			}
+		case "locking", "file.locking":
+			switch v {
+			case "on", "auto":
+				d.NoLock = false
+			case "off":
+				d.NoLock = true
+			default:
+				return d, fmt.Errorf("drive %q: locking=%q: want on, off or auto", s, v)
 			}
 		default:
 			return d, fmt.Errorf("drive %q: unknown option %q", s, k)
@@ -120,13 +131,18 @@ func ProbeFormat(path string) (string, error) {
 	return "raw", nil
 }
 
-// Open opens an image with a known format.
+// Open opens an image with a known format, taking QEMU's image locks.
 func Open(path, format, name string, readOnly bool) (Node, error) {
+	return OpenWith(path, format, name, OpenOptions{ReadOnly: readOnly})
+}
+
+// OpenWith opens an image with a known format and options.
+func OpenWith(path, format, name string, o OpenOptions) (Node, error) {
 	switch format {
 	case "qcow2":
-		return OpenQcow2(path, name, readOnly)
+		return OpenQcow2With(path, name, o)
 	case "raw":
-		return OpenRaw(path, name, readOnly)
+		return OpenRawWith(path, name, o)
 	}
 	return nil, fmt.Errorf("open %q: unknown format %q", path, format)
 }
@@ -179,7 +195,7 @@ func (r *Registry) OpenDrive(d DriveSpec, warn func(string)) (*Drive, error) {
 	}
 	r.drives[name] = nil // reserve while opening
 	r.mu.Unlock()
-	n, err := Open(d.File, format, name, d.ReadOnly)
+	n, err := OpenWith(d.File, format, name, OpenOptions{ReadOnly: d.ReadOnly, NoLock: d.NoLock})
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {

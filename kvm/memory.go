@@ -52,11 +52,24 @@ func MemoryView(m *Memory, off, n uint64) (*Memory, error) {
 }
 
 // Discard drops the contents of the whole mapping (it reads as zeros
-// again) and returns its pages to the host. MADV_REMOVE is what frees a
-// shared anonymous mapping's pages; MADV_DONTNEED would keep them.
+// again) and returns its pages to the host. The pages are exchanged for
+// fresh ones at the same address and the old ones freed on another
+// goroutine, so a reset or a lazy load does not wait for the kernel to free
+// every page; where that exchange fails, MADV_REMOVE frees them here
+// (MADV_DONTNEED would keep a shared mapping's pages). The address range
+// stays the same, so slices of Bytes and KVM's memory slots stay valid,
+// but the range is a new mapping: userfaultfd registrations are gone.
 func (m *Memory) Discard() error {
-	if err := unix.Madvise(m.b, unix.MADV_REMOVE); err != nil {
-		return fmt.Errorf("discard guest memory: %w", err)
+	if m.b == nil {
+		return fmt.Errorf("discard guest memory: closed")
 	}
+	old, err := m.swapFresh()
+	if err != nil {
+		if merr := unix.Madvise(m.b, unix.MADV_REMOVE); merr != nil {
+			return fmt.Errorf("discard guest memory: %w (after %v)", merr, err)
+		}
+		return nil
+	}
+	go unix.Munmap(old)
 	return nil
 }

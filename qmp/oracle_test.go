@@ -15,6 +15,7 @@ import (
 
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/internal/fakeguest"
+	"github.com/snapvmm/snapvmm/internal/testutil"
 	"github.com/snapvmm/snapvmm/vmm"
 	"github.com/snapvmm/snapvmm/vmm/control"
 )
@@ -195,13 +196,8 @@ func runSteps(q *qmpClient) map[string]outcome {
 }
 
 func TestOracleAgainstQEMU(t *testing.T) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("skipping: qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
-	}
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("skipping: qemu-img not installed")
-	}
+	qemu := testutil.NeedTool(t, "qemu-system-x86_64")
+	testutil.NeedTool(t, "qemu-img")
 	qdir, sdir := t.TempDir(), t.TempDir()
 	images(t, qdir)
 	images(t, sdir)
@@ -250,7 +246,7 @@ func TestOracleAgainstQEMU(t *testing.T) {
 	}
 	// Both images stay clean for qemu-img after the same operations.
 	for _, n := range []string{"disk0.qcow2", "disk1.qcow2"} {
-		if out, err := exec.Command("qemu-img", "check", filepath.Join(sdir, n)).CombinedOutput(); err != nil {
+		if out, err := exec.Command("qemu-img", "check", "-U", filepath.Join(sdir, n)).CombinedOutput(); err != nil {
 			t.Errorf("qemu-img check %s: %v\n%s", n, err, out)
 		}
 	}

@@ -116,6 +116,11 @@ func TestFormat2EagerAndLazy(t *testing.T) {
 	if !bytes.Equal(dst.ram, src.ram) {
 		t.Fatal("RAM served by the lazy source differs")
 	}
+	// The eager path with four readers, whatever this host's CPU count.
+	all := make([]byte, len(src.ram))
+	if err := rs.(*ramSource).loadAll(all, 4); err != nil || !bytes.Equal(all, src.ram) {
+		t.Fatalf("loadAll with 4 readers: %v", err)
+	}
 	if err := rs.ReadChunk(5, make([]byte, ChunkSize)); err == nil {
 		t.Fatal("chunk 5 of 5 read")
 	}

@@ -39,8 +39,9 @@ func corruptf(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, a...))
 }
 
-// parse reads the stream's structure and verifies every checksum without
-// keeping RAM in memory.
+// parse reads the stream's structure and verifies every section checksum
+// (in format 1 the RAM section's too, without keeping RAM in memory).
+// Format-2 RAM lies after the end marker and is not read here.
 func parse(r io.ReaderAt, size uint64) (*parsed, error) {
 	p := &parsed{sections: map[string]*section{}}
 	read := func(off, n uint64) ([]byte, error) {
@@ -334,7 +335,7 @@ func Load(m Machine, r io.ReaderAt, size uint64) error {
 	if d.major == 1 {
 		err = d.ram1.load(m.RAM(), r)
 	} else {
-		err = d.ram2.loadAll(m.RAM(), 4)
+		err = d.ram2.loadAll(m.RAM(), defaultWorkers())
 	}
 	if err != nil {
 		return fmt.Errorf("load VM state: %w", err)

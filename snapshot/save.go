@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -20,7 +21,7 @@ type Progress func(done, total uint64)
 type SaveOptions struct {
 	Progress Progress
 	// Writers is how many goroutines checksum and write RAM chunks in
-	// parallel (default 4).
+	// parallel (default: 4, fewer on a host with under 5 CPUs).
 	Writers int
 	// Granule is the unit of RAM that is left unwritten when it is all
 	// zeros: the target's allocation unit (a qcow2 cluster size), at most
@@ -34,6 +35,10 @@ type SaveOptions struct {
 	// captured (a live save: the guest ran on since). live is the chunk in
 	// guest RAM; done is called once the returned bytes are written.
 	Freeze func(i int, live []byte) (frozen []byte, done func(), err error)
+	// Incremental, when set, lets Save share unchanged RAM with an
+	// earlier stream (incremental.go); with Freeze, its Dirty must be the
+	// pages changed up to the capture.
+	Incremental *Incremental
 }
 
 // ramIndexEntry is one chunk of the format-2 RAM index.
@@ -153,11 +158,18 @@ func (p *plan) encodePrefix(index []ramIndexEntry) []byte {
 	return append(b, endMarker...)
 }
 
+// defaultWorkers is how many goroutines copy RAM: 4, but one CPU is left
+// to the monitor and the vCPUs (a 2-CPU host gets one worker, or polling
+// clients wait for a scheduler slot).
+func defaultWorkers() int {
+	return max(1, min(4, runtime.GOMAXPROCS(0)-1))
+}
+
 // eachChunk runs f on every RAM chunk with n goroutines and stops at the
 // first error.
 func (p *plan) eachChunk(n int, f func(i int) error) error {
 	if n <= 0 {
-		n = 4
+		n = defaultWorkers()
 	}
 	var next atomic.Int64
 	var failed atomic.Bool
@@ -211,8 +223,9 @@ func (p *plan) write(w io.WriterAt, opts SaveOptions) (uint64, error) {
 	if g < PageSize || g > ChunkSize || g&(g-1) != 0 {
 		return 0, fmt.Errorf("save VM state: write granule %d is not a power of two from %d to %d", g, PageSize, ChunkSize)
 	}
-	if opts.Prepare != nil {
-		if err := opts.Prepare(p.size()); err != nil {
+	inc, prepare := p.incremental(opts)
+	if prepare != nil {
+		if err := prepare(p.size()); err != nil {
 			return 0, fmt.Errorf("save VM state: prepare the target for %d bytes: %w", p.size(), err)
 		}
 	}
@@ -236,6 +249,9 @@ func (p *plan) write(w io.WriterAt, opts SaveOptions) (uint64, error) {
 			}
 			defer done()
 			c = frozen
+		}
+		if inc != nil {
+			return inc.chunk(p, i, c, g, w, index, report)
 		}
 		base := p.ramBase + uint64(i)*ChunkSize
 		zero := true

@@ -96,7 +96,7 @@ func save(t *testing.T, m Machine) []byte {
 	t.Helper()
 	var tgt memTarget
 	var last, total uint64
-	n, err := Save(m, &tgt, SaveOptions{Progress: func(d, tot uint64) {
+	n, err := Save(m, &tgt, SaveOptions{Writers: 4, Progress: func(d, tot uint64) {
 		if d < last || d > tot {
 			t.Errorf("progress went from %d to %d of %d", last, d, tot)
 		}

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"os"
 	"testing"
 	"time"
 
@@ -33,3 +34,24 @@ const BlkSector = blkSector
 
 // BlkPattern is what the blk guest writes there.
 func BlkPattern() []byte { return blkPattern() }
+
+// NewGuestVMForTest is newVM for a test guest with mem bytes of RAM.
+func NewGuestVMForTest(t *testing.T, guest string, cpus int, mem uint64) (*VM, ConsoleForTest) {
+	t.Helper()
+	k, err := os.ReadFile(guestPath(guest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, out := newVM(t, k, cpus, mem)
+	return vm, ConsoleForTest{out}
+}
+
+// WaitAtLeast waits until the u64 at gpa reaches n.
+func (c ConsoleForTest) WaitAtLeast(t *testing.T, gpa, n uint64, d time.Duration) {
+	c.b.waitAtLeast(t, gpa, n, d)
+}
+
+// MarkRAMDirtyForTest records a test's own write to guest RAM at
+// [off, off+n) of vm.RAM(): such a write escapes KVM's dirty log, and an
+// incremental save would otherwise share the base's bytes for it.
+func (vm *VM) MarkRAMDirtyForTest(off, n uint64) { vm.markDirty(off, n) }

@@ -2,7 +2,6 @@ package vmm
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,15 +26,7 @@ func TestHostileGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := filepath.Join(t.TempDir(), "d.qcow2")
-	if err := block.CreateQcow2(p, 8<<20, block.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	node, err := block.OpenQcow2(p, "disk0", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { node.Close() }) // after the VM, whose cleanup is registered later
+	node := testDisk(t, 8<<20)
 	log := logrus.New()
 	log.SetOutput(os.Stderr)
 	log.SetLevel(logrus.DebugLevel)

@@ -28,6 +28,7 @@ func (vm *VM) LoadStateLazy(r io.ReaderAt, size uint64, onError func(error)) (*L
 	}
 	// A previous session's pages are about to be replaced.
 	vm.endLazyRAM()
+	vm.dropRAMBase()
 	src, err := snapshot.LoadLazy(vm, r, size)
 	if errors.Is(err, snapshot.ErrNotLazy) {
 		return nil, nil

@@ -44,8 +44,13 @@ type LazyRAM struct {
 	log     *logrus.Entry
 	hold    <-chan struct{} // background loading waits for it (tests); nil: no wait
 
-	fd     *uffd.FD
-	quitFd int // eventfd that ends the fault handler's poll
+	fd *uffd.FD
+	// The fault handler waits in a blocking read, which only an event
+	// ends: to stop it, a goroutine makes the kernel read sentinel, a
+	// registered page of its own, by writing it to stopFd (a memfd).
+	sentinel []byte
+	stopFd   int
+	stopping sync.WaitGroup
 
 	state     []atomic.Uint32 // chunkMissing, chunkClaimed, chunkPresent
 	requested []atomic.Bool   // the chunk was queued on urgent (each at most once)
@@ -118,7 +123,7 @@ func newLazyRAM(mem []byte, src RAMSource, onError func(error), log *logrus.Entr
 	}
 	l := &LazyRAM{
 		mem: mem, base: uffd.Addr(mem), src: src, size: src.RAMSize(), chunk: src.ChunkSize(),
-		n: src.Chunks(), onError: onError, log: log, hold: opts.hold, quitFd: -1,
+		n: src.Chunks(), onError: onError, log: log, hold: opts.hold, stopFd: -1,
 		quit: make(chan struct{}), done: make(chan struct{}), started: time.Now(),
 	}
 	l.cond = sync.NewCond(&l.mu)
@@ -156,16 +161,28 @@ func checkSource(src RAMSource, ramSize uint64) error {
 	return nil
 }
 
-// register opens the descriptor, registers guest RAM and then empties it.
-// In this order no page can be filled between the two steps by someone
-// else: once registered, every access to an emptied page comes to us.
+// register opens the descriptor, sets up the handler's stop page, then
+// registers guest RAM and empties it. Everything that may fail comes
+// before guest RAM changes. Registration before emptying means no page
+// can be filled by someone else between the two: once registered, every
+// access to an emptied page comes to us.
 func (l *LazyRAM) register() error {
 	var err error
-	if l.fd, err = uffd.Open(); err != nil {
+	if l.fd, err = uffd.Open(false); err != nil {
 		return fmt.Errorf("lazy RAM load: %w", err)
 	}
 	if _, _, err := l.fd.Handshake(uffd.FeatureMissingShmem); err != nil {
 		return fmt.Errorf("lazy RAM load: %w", err)
+	}
+	page := unix.Getpagesize()
+	if l.sentinel, err = unix.Mmap(-1, 0, page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err != nil {
+		return fmt.Errorf("lazy RAM load: map the handler's stop page: %w", err)
+	}
+	if _, err := l.fd.Register(uffd.Addr(l.sentinel), uint64(page), uffd.ModeMissing); err != nil {
+		return fmt.Errorf("lazy RAM load: register the handler's stop page: %w", err)
+	}
+	if l.stopFd, err = unix.MemfdCreate("snapvmm-lazyram-stop", unix.MFD_CLOEXEC); err != nil {
+		return fmt.Errorf("lazy RAM load: memfd: %w", err)
 	}
 	ioctls, err := l.fd.Register(l.base, l.size, uffd.ModeMissing)
 	if err != nil {
@@ -179,9 +196,6 @@ func (l *LazyRAM) register() error {
 	if err := unix.Madvise(l.mem, unix.MADV_REMOVE); err != nil {
 		return fmt.Errorf("lazy RAM load: empty guest RAM: %w", err)
 	}
-	if l.quitFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
-		return fmt.Errorf("lazy RAM load: eventfd: %w", err)
-	}
 	return nil
 }
 
@@ -193,37 +207,40 @@ func (l *LazyRAM) release() {
 			l.log.Errorf("lazy RAM load: %v", err)
 		}
 	}
-	if l.quitFd >= 0 {
-		unix.Close(l.quitFd)
-		l.quitFd = -1
+	l.stopping.Wait() // closing the descriptor released its fault
+	if l.stopFd >= 0 {
+		unix.Close(l.stopFd)
+		l.stopFd = -1
+	}
+	if l.sentinel != nil {
+		unix.Munmap(l.sentinel)
+		l.sentinel = nil
 	}
 }
 
 // serveFaults is the fault handler: it turns page-fault events into chunk
 // requests. It takes no lock and touches no guest RAM, so no thread that
-// faults (whatever it holds) can keep it from running.
+// faults (whatever it holds) can keep it from running; it reads events
+// with a blocking read (see uffd.Open for why), until the stop page
+// faults.
 func (l *LazyRAM) serveFaults() {
 	defer l.workers.Done()
 	msgs := make([]uffd.Msg, 64)
 	page := uint64(unix.Getpagesize())
+	stopPage := uffd.Addr(l.sentinel)
 	for {
-		p := []unix.PollFd{{Fd: int32(l.fd.Fd()), Events: unix.POLLIN}, {Fd: int32(l.quitFd), Events: unix.POLLIN}}
-		if _, err := unix.Poll(p, -1); err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			l.fail(fmt.Errorf("lazy RAM load: poll userfaultfd: %w", err))
-			return
-		}
-		if p[1].Revents != 0 {
-			return
-		}
 		n, err := l.fd.Read(msgs)
 		if err != nil {
 			l.fail(fmt.Errorf("lazy RAM load: %w", err))
 			return
 		}
 		for _, m := range msgs[:n] {
+			if m.Event == uffd.EventPagefault && m.Address == stopPage {
+				if _, err := l.fd.ZeroPage(stopPage, page, 0); err != nil {
+					l.log.Errorf("lazy RAM load: release the stop page: %v", err)
+				}
+				return
+			}
 			if m.Event != uffd.EventPagefault || m.Address < l.base || m.Address >= l.base+l.size {
 				l.log.Warnf("lazy RAM load: unexpected userfaultfd event %#x at %#x", m.Event, m.Address)
 				continue
@@ -421,12 +438,16 @@ func (l *LazyRAM) end(err error) {
 // stop tells the handler and the loaders to return.
 func (l *LazyRAM) stop() {
 	l.quitOnce.Do(func() {
-		// The eventfd first: the supervisor closes it once quit is
-		// closed and the handler has returned.
-		if _, err := unix.Write(l.quitFd, []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
-			l.log.Errorf("lazy RAM load: wake the fault handler: %v", err)
-		}
 		close(l.quit)
+		l.stopping.Add(1)
+		go func() {
+			defer l.stopping.Done()
+			// The kernel reads the stop page in pwrite, faulting in a
+			// system call: this goroutine holds no P while it waits.
+			if _, err := unix.Pwrite(l.stopFd, l.sentinel[:8], 0); err != nil {
+				l.log.Errorf("lazy RAM load: touch the handler's stop page: %v", err)
+			}
+		}()
 	})
 }
 

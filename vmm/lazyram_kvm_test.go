@@ -3,10 +3,12 @@ package vmm
 import (
 	"bytes"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/internal/testutil"
 )
 
@@ -35,14 +37,11 @@ func pausedCounter(t *testing.T) (*VM, *syncBuffer, uint64, *memSource) {
 	return vm, out, symbol(t, "counter", "counter"), captureRAM(t, vm)
 }
 
-// TestLazyRAMCounterContinues empties a paused counter guest's RAM and
-// resumes it with only faults loading chunks: the vCPU's accesses inside
-// KVM_RUN are served by the handler and the guest counts on from where it
-// was paused.
-func TestLazyRAMCounterContinues(t *testing.T) {
-	vm, out, addr, src := pausedCounter(t)
-	c := readU64(t, vm, addr)
-	hold := make(chan struct{})
+// resumeLazy starts serving the paused vm's RAM from src, with background
+// loading held until hold closes, and resumes it; it returns the session
+// and the console length at the resume.
+func resumeLazy(t *testing.T, vm *VM, out *syncBuffer, src RAMSource, hold <-chan struct{}) (*LazyRAM, int) {
+	t.Helper()
 	l, err := vm.startLazyRAM(src, func(err error) { t.Errorf("onError: %v", err) }, lazyOptions{hold: hold})
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +50,18 @@ func TestLazyRAMCounterContinues(t *testing.T) {
 	if err := vm.Resume(); err != nil {
 		t.Fatal(err)
 	}
+	return l, mark
+}
+
+// TestLazyRAMCounterContinues empties a paused counter guest's RAM and
+// resumes it with only faults loading chunks: the vCPU's accesses inside
+// KVM_RUN are served by the handler and the guest counts on from where it
+// was paused.
+func TestLazyRAMCounterContinues(t *testing.T) {
+	vm, out, addr, src := pausedCounter(t)
+	c := readU64(t, vm, addr)
+	hold := make(chan struct{})
+	l, mark := resumeLazy(t, vm, out, src, hold)
 	want := fmt.Sprintf("counter %d\n", (c>>22+1)<<22)
 	out.waitFor(t, want, testutil.Scaled(30*time.Second))
 	// The pause may have come in the middle of a line: the first whole
@@ -141,5 +152,44 @@ func TestLazyRAMCorruptChunkStopsVM(t *testing.T) {
 	}
 	if after := out.String()[mark:]; strings.Contains(after, "counter") {
 		t.Fatalf("the guest ran on after the CRC error: %q", after)
+	}
+}
+
+// TestLazyRAMBlkGuestDeviceSeesLoadedRAM resumes the blk guest with RAM
+// served only on demand: the virtio-blk worker serves the guest's
+// requests during the session (through deviceMem), and the guest's next
+// verifications of its sector pass.
+func TestLazyRAMBlkGuestDeviceSeesLoadedRAM(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "disk.qcow2")
+	if err := block.CreateQcow2(p, 8<<20, block.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	node, err := block.Open(p, "qcow2", "disk0", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Close() }) // after the VM
+	vm, out := newBlkVM(t, node)
+	needLazyRAM(t)
+	if err := vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "blk verify ok\n", testutil.Scaled(30*time.Second))
+	src := captureRAM(t, vm)
+	hold := make(chan struct{})
+	defer close(hold)
+	l, mark := resumeLazy(t, vm, out, src, hold)
+	deadline := time.Now().Add(testutil.Scaled(60 * time.Second))
+	for strings.Count(out.String()[mark:], "blk verify ok\n") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest did not verify its sector twice after the lazy load; output after it: %q", out.String()[mark:])
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if after := out.String()[mark:]; strings.Contains(after, "MISMATCH") {
+		t.Fatalf("verification failed after the lazy load: %q", after)
+	}
+	if st := l.Stats(); st.Loaded == st.Chunks || st.OnDemand == 0 {
+		t.Fatalf("%+v: want only the chunks the guest and device used loaded", st)
 	}
 }

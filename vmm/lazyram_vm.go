@@ -30,6 +30,14 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 		return nil, fmt.Errorf("lazy RAM load: VM is %s, not stopped", s)
 	}
 	vm.endLazyRAM()
+	vm.endLiveSave() // Discard below maps fresh pages under its writer
+	vm.dropRAMBase()
+	// Fresh pages first, the old ones freed on another goroutine: the
+	// session's own emptying then finds nothing to free, and the VM can
+	// run again without waiting for the kernel to free all of RAM.
+	if err := vm.mem.Discard(); err != nil {
+		return nil, fmt.Errorf("lazy RAM load: %w", err)
+	}
 	l, err := newLazyRAM(vm.mem.Bytes(), src, onError, vm.log, opts)
 	if err != nil {
 		return nil, err
@@ -68,6 +76,8 @@ func (m deviceMem) Slice(gpa, n uint64) ([]byte, error) {
 			return nil, err
 		}
 	}
+	// A device may write what it is handed: the next save must see it.
+	m.vm.markDirty(off, n)
 	return m.vm.mem.Bytes()[off : off+n : off+n], nil
 }
 
@@ -94,7 +104,7 @@ func LazyRAMSupported() (bool, string) {
 // probeLazyRAM registers one page of shared anonymous memory the way a
 // session registers guest RAM.
 func probeLazyRAM() error {
-	f, err := uffd.Open()
+	f, err := uffd.Open(true)
 	if err != nil {
 		return err
 	}

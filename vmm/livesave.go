@@ -34,6 +34,12 @@ type LiveSave struct {
 	aborted  atomic.Bool
 	prio     *vcpuPriority
 
+	// taken, inc and why are the incremental side of the save, from
+	// beginSave at the capture (dirty.go).
+	taken []uint64
+	inc   *snapshot.Incremental
+	why   string
+
 	done    chan struct{}
 	size    uint64
 	err     error
@@ -78,6 +84,9 @@ func (vm *VM) beginLiveSave(dst block.Snapshotter, progress snapshot.Progress, o
 		return nil, err
 	}
 	t1 := time.Now()
+	// The save point is the capture: the guest's writes from now on stay
+	// dirty for the next save (RAMSavedAs keeps them).
+	taken, inc, why := vm.beginSave(area)
 	ram := vm.armed.Swap(nil)
 	if ram != nil && opts.noWP {
 		if err := vm.dropLiveRAM(ram); err != nil {
@@ -96,12 +105,13 @@ func (vm *VM) beginLiveSave(dst block.Snapshotter, progress snapshot.Progress, o
 				vm.log.Errorf("%v", derr)
 			}
 		}
+		vm.endSave(area, taken, false)
 		vm.releaseDisks() // the arming held them
 		return nil, err
 	}
 	vm.log.Debugf("live save: state captured in %v, RAM write-protected in %v (%d chunks again)", t1.Sub(t0), time.Since(t1), ram.dirty)
 	s := &LiveSave{vm: vm, area: area, cap: cap, ram: ram, progress: progress, done: make(chan struct{}),
-		prio: vm.lowerVCPUPriority()}
+		prio: vm.lowerVCPUPriority(), taken: taken, inc: inc, why: why}
 	vm.holdDisks() // drained by the pause already, or by ArmLiveSave
 	vm.live.Store(s)
 	go s.run()
@@ -119,8 +129,10 @@ func (s *LiveSave) run() {
 		err = cerr
 	}
 	s.prio.restore()
+	s.vm.endSave(s.area, s.taken, err == nil)
 	s.size, s.err, s.elapsed = n, err, time.Since(start)
 	if err == nil {
+		s.vm.recordSave(s.inc, s.why, start)
 		s.vm.log.Debugf("live save: %d bytes written in %v; %d chunks copied ahead of the writer (%d write faults)",
 			n, s.elapsed.Round(time.Millisecond), s.ram.copied.Load(), s.ram.faults.Load())
 	}
@@ -134,6 +146,7 @@ func (s *LiveSave) write() (n uint64, err error) {
 		}
 	}()
 	opts := areaOptions(s.area, s.progress)
+	opts.Incremental = s.inc
 	opts.Freeze = func(i int, live []byte) ([]byte, func(), error) {
 		if s.aborted.Load() {
 			return nil, nil, errLiveAborted

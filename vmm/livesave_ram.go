@@ -112,7 +112,7 @@ func newLiveRAM(mem []byte, chunk uint64, protect, armed bool, log *logrus.Entry
 
 func (l *liveRAM) register() error {
 	var err error
-	if l.fd, err = uffd.Open(); err != nil {
+	if l.fd, err = uffd.Open(true); err != nil { // polled with the quit eventfd
 		return err
 	}
 	if _, _, err := l.fd.Handshake(uffd.FeatureWPHugetlbfsShmem); err != nil {

@@ -121,7 +121,7 @@ func (vm *VM) SaveStateTo(dst block.Snapshotter, progress snapshot.Progress) (ui
 		return 0, err
 	}
 	if area, ok := dst.(block.VMStateArea); ok {
-		return saveToArea(vm, area, progress)
+		return vm.saveToAreaTracked(area, progress)
 	}
 	return snapshot.SaveStream(vm, &vmStateSeq{w: vmStateAt{dst}}, snapshot.SaveOptions{Progress: progress})
 }
@@ -148,13 +148,15 @@ func (w vmStateAt) WriteAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-func saveToArea(m snapshot.Machine, area block.VMStateArea, progress snapshot.Progress) (n uint64, err error) {
+func saveToArea(m snapshot.Machine, area block.VMStateArea, progress snapshot.Progress, inc *snapshot.Incremental) (n uint64, err error) {
 	defer func() {
 		if eerr := area.EndVMState(); err == nil && eerr != nil {
 			err = eerr
 		}
 	}()
-	return snapshot.Save(m, vmStateAt{area}, areaOptions(area, progress))
+	opts := areaOptions(area, progress)
+	opts.Incremental = inc
+	return snapshot.Save(m, vmStateAt{area}, opts)
 }
 
 // LoadState restores a state stream into the paused VM, all of guest RAM
@@ -162,6 +164,8 @@ func saveToArea(m snapshot.Machine, area block.VMStateArea, progress snapshot.Pr
 // pages are about to be replaced.
 func (vm *VM) LoadState(r io.ReaderAt, size uint64) error {
 	vm.endLazyRAM()
+	vm.endLiveSave()
+	vm.dropRAMBase()
 	return snapshot.Load(vm, r, size)
 }
 

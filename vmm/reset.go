@@ -101,7 +101,9 @@ func (vm *VM) Reset() error {
 		}
 	}
 	vm.mu.Unlock()
-	vm.endLazyRAM() // stop serving a snapshot's RAM: it is discarded
+	vm.endLazyRAM()  // stop serving a snapshot's RAM: it is discarded
+	vm.endLiveSave() // nor write it: Discard maps fresh pages, unprotected
+	vm.dropRAMBase()
 	err := vm.restorePowerOn()
 	vm.mu.Lock()
 	defer vm.unlockAndNotify()

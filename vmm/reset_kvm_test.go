@@ -17,8 +17,11 @@ func TestPowerOnCaptureFailure(t *testing.T) {
 	old := saveVMStateForReset
 	saveVMStateForReset = func(*kvm.VM) (*kvm.VMState, error) { return nil, errors.New("injected: KVM_GET_IRQCHIP failed") }
 	t.Cleanup(func() { saveVMStateForReset = old })
-	vm, _ := newGuestVM(t, "counter", 2)
-	addr := symbol(t, "counter", "counter")
+	// Two vCPUs, so smpcount: each counts on a stack of its own (two
+	// vCPUs in the counter guest share one stack and, once their calls
+	// interleave, triple-fault on a return address the other overwrote).
+	vm, _ := newGuestVM(t, "smpcount", 2)
+	addr := symbol(t, "smpcount", "counters") // vCPU 0's slot
 	if err := vm.Start(false); err != nil {
 		t.Fatal(err)
 	}

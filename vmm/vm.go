@@ -67,7 +67,7 @@ type Exit struct {
 // PVMCmdline are the Linux options that keep a guest kernel out of the PVM
 // host emulator's gaps: on such a host CPUID cannot hide features, so the
 // kernel is told not to use the instructions the emulator cannot run
-// (../shared/docs/host-kvm.md lists them).
+// (docs/architecture.md, "Hosts", lists them).
 const PVMCmdline = "noxsave clearcpuid=smap,smep,xsave,xsaveopt,xsavec,xsaves,cx16,popcnt,fsgsbase," +
 	"rdpid,rdrand,rdseed,bmi1,bmi2,abm,movbe,avx,avx2,fma,f16c,aes,pclmulqdq,sha_ni,vaes," +
 	"vpclmulqdq,sse4_1,sse4_2,ssse3,clflushopt,clwb,pku,invpcid,pcid,umip,rdtscp,erms,fsrm"
@@ -149,6 +149,9 @@ type VM struct {
 	// device writes must go through; armed is one no save has taken yet.
 	liveMem atomic.Pointer[liveRAM]
 	armed   atomic.Pointer[liveRAM]
+
+	// dirty tracks RAM changed since the last save or load (dirty.go).
+	dirty dirtyRAM
 }
 
 // ErrBadConfig marks configuration errors a user can fix (bad size, too
@@ -204,7 +207,7 @@ func New(cfg Config) (vm *VM, err error) {
 	if vm.mem, err = kvm.NewMemory(layout.Size()); err != nil {
 		return nil, err
 	}
-	if err = vm.mapMemory(); err != nil {
+	if err = vm.mapMemoryLogged(); err != nil {
 		return nil, err
 	}
 	if err = vm.load(); err != nil {
@@ -221,23 +224,9 @@ func New(cfg Config) (vm *VM, err error) {
 }
 
 func (vm *VM) mapMemory() error {
-	below, err := vm.subMemory(0, vm.layout.Below4G)
-	if err != nil {
-		return err
-	}
-	if err := vm.kvm.SetUserMemoryRegion(0, 0, below); err != nil {
-		return err
-	}
-	if vm.layout.Above4G > 0 {
-		above, err := vm.subMemory(vm.layout.Below4G, vm.layout.Above4G)
-		if err != nil {
-			return err
-		}
-		if err := vm.kvm.SetUserMemoryRegion(1, boot.FourGiB, above); err != nil {
-			return err
-		}
-	}
-	return nil
+	return vm.eachSlot(func(slot uint32, gpa, _ uint64, m *kvm.Memory) error {
+		return vm.kvm.SetUserMemoryRegion(slot, gpa, m)
+	})
 }
 
 // subMemory views part of guest RAM as a kvm.Memory for a memory slot.
@@ -285,48 +274,13 @@ const (
 )
 
 func (vm *VM) setupDevices() error {
-	vm.PIO, vm.MMIO, vm.Serial, vm.devs = newPlatform(vm.layout, vm.cfg.Serial, vm.irqFunc(4),
-		func() { vm.requestExit(ExitReset, nil) }, vm.log)
-	if len(vm.cfg.Disks) > maxDisks {
-		return fmt.Errorf("%w: %d disks, at most %d", ErrBadConfig, len(vm.cfg.Disks), maxDisks)
+	s, err := newDeviceSet(vm.layout, vm.cfg.Serial, vm.irqFunc, func() { vm.requestExit(ExitReset, nil) },
+		vm.cfg.Disks, deviceMem{vm}, vm.log)
+	if err != nil {
+		return err
 	}
-	for i, n := range vm.cfg.Disks {
-		b := virtio.NewBlock(n, deviceMem{vm}, vm.irqFunc(uint32(VirtioIRQBase+i)), vm.log)
-		base := VirtioMMIOBase + uint64(i)*virtio.MMIOSize
-		if err := vm.MMIO.Register("virtio-blk/"+n.Name(), base, virtio.MMIOSize, b); err != nil {
-			return err
-		}
-		vm.devs = append(vm.devs, snapshot.Device{ID: "virtio-blk/" + n.Name(), Dev: b})
-		vm.blks = append(vm.blks, b)
-	}
+	vm.PIO, vm.MMIO, vm.Serial, vm.devs, vm.blks = s.pio, s.mmio, s.serial, s.devs, s.blks
 	return nil
-}
-
-// newPlatform builds the PC devices and their port bus. It needs no KVM,
-// so tests can check every device the VM carries.
-func newPlatform(l boot.Layout, serialOut io.Writer, serialIRQ func(bool), reset func(), log *logrus.Entry) (pio, mmio *devices.Bus, serial *devices.Serial, devs []snapshot.Device) {
-	pio = devices.NewBus("pio", log)
-	mmio = devices.NewBus("mmio", log)
-	serial = devices.NewSerial(serialOut, serialIRQ)
-	for _, d := range []struct {
-		id         string
-		base, size uint64
-		dev        devices.Device
-	}{
-		{"serial/0", 0x3f8, 8, serial},
-		{"i8042", 0x60, 5, devices.NewI8042(reset)},
-		{"cmos", 0x70, 2, devices.NewCMOS(l.Below4G, l.Above4G, nil)},
-		{"pci-config", 0xcf8, 8, &devices.PCIConfig{}},
-		{"post", 0x80, 1, devices.Sink{}},
-		{"delay", 0xed, 1, devices.Sink{}},
-	} {
-		if err := pio.Register(d.id, d.base, d.size, d.dev); err != nil {
-			// Fixed, non-overlapping wiring: a failure is a programming error.
-			panic(err)
-		}
-		devs = append(devs, snapshot.Device{ID: d.id, Dev: d.dev})
-	}
-	return pio, mmio, serial, devs
 }
 
 // irqFunc returns a level setter for ISA interrupt line irq.
@@ -390,7 +344,9 @@ func setLINT(c *kvm.VCPU) error {
 	return c.SetLAPIC(l)
 }
 
-// Mem is guest RAM with its layout.
+// Mem is guest RAM with its layout, for the loader and for reading. Writes
+// through it escape dirty tracking (dirty.go): a writer that is not the
+// loader goes through the devices' view (deviceMem) instead.
 func (vm *VM) Mem() boot.Mem { return boot.Mem{L: vm.layout, B: vm.mem.Bytes()} }
 
 // VCPUCount is the number of vCPUs.

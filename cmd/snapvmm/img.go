@@ -3,10 +3,12 @@ package main
 import (
 	"fmt"
 	"io"
+	"math/big"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/spf13/cobra"
@@ -24,7 +26,16 @@ Examples:
   snapvmm img info disk.qcow2
   snapvmm img check -r leaks disk.qcow2
   snapvmm img snapshot -c before-upgrade disk.qcow2
-  snapvmm img snapshot -l disk.qcow2`,
+  snapvmm img snapshot -l disk.qcow2
+  snapvmm img info -U disk.qcow2     (while a VM writes it)
+
+Every command takes QEMU's image locks: an image that QEMU, qemu-img or
+another snapvmm is writing is refused ("Failed to get "write" lock"), and
+they refuse an image snapvmm is writing. -U (--force-share) reads such an
+image anyway, for commands that only read.
+
+A command that refuses (an unknown snapshot, a damaged image, a lock)
+leaves the image as it was, byte for byte.`,
 	}
 	img.AddCommand(newImgCreateCmd(), newImgInfoCmd(), newImgCheckCmd(), newImgSnapshotCmd())
 	return img
@@ -37,10 +48,13 @@ func newImgCreateCmd() *cobra.Command {
 		Short: "Create an image",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			size, err := parseImgSize(args[1])
+			req, err := parseImgSize(args[1])
 			if err != nil {
 				return usagef("img create: %v", err)
 			}
+			// qemu-img stores whole sectors: the size is rounded up to a
+			// multiple of 512 (the message shows the size asked for).
+			size := (req + 511) &^ 511
 			path := args[0]
 			switch format {
 			case "raw":
@@ -50,7 +64,7 @@ func newImgCreateCmd() *cobra.Command {
 				if err := block.CreateRaw(path, size); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "Formatting '%s', fmt=raw size=%d\n", path, size)
+				fmt.Fprintf(cmd.OutOrStdout(), "Formatting '%s', fmt=raw size=%d\n", path, req)
 				return nil
 			case "qcow2":
 				o, err := parseCreateOpts(opts)
@@ -64,7 +78,7 @@ func newImgCreateCmd() *cobra.Command {
 				if cs == 0 {
 					cs = 65536
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "Formatting '%s', fmt=qcow2 cluster_size=%d size=%d\n", path, cs, size)
+				fmt.Fprintf(cmd.OutOrStdout(), "Formatting '%s', fmt=qcow2 cluster_size=%d size=%d\n", path, cs, req)
 				return nil
 			}
 			return usagef("img create: format %q: want qcow2 or raw", format)
@@ -73,14 +87,6 @@ func newImgCreateCmd() *cobra.Command {
 	cmd.Flags().StringVarP(&format, "format", "f", "qcow2", "image format: qcow2 or raw")
 	cmd.Flags().StringVarP(&opts, "options", "o", "", "qcow2 options: cluster_size=N (512..2M), compat=0.10|1.1")
 	return cmd
-}
-
-// parseImgSize accepts qemu-img sizes: bytes, or K/M/G/T suffixes.
-func parseImgSize(s string) (uint64, error) {
-	if v, err := strconv.ParseUint(s, 10, 64); err == nil {
-		return v, nil
-	}
-	return parseSize(s)
 }
 
 func parseCreateOpts(s string) (block.CreateOptions, error) {
@@ -95,6 +101,9 @@ func parseCreateOpts(s string) (block.CreateOptions, error) {
 			n, err := parseImgSize(v)
 			if err != nil {
 				return o, fmt.Errorf("cluster_size=%s: %v", v, err)
+			}
+			if n < 512 || n > 2<<20 || n&(n-1) != 0 {
+				return o, fmt.Errorf("cluster_size=%s: Cluster size must be a power of two between 512 and 2048k", v)
 			}
 			o.ClusterSize = n
 		case "compat":
@@ -113,17 +122,21 @@ func parseCreateOpts(s string) (block.CreateOptions, error) {
 	return o, nil
 }
 
-// openImage probes and opens an image for the img commands.
-func openImage(path string, readOnly bool) (block.Node, error) {
+// openImage probes and opens an image for the img commands; forceShare
+// (-U) reads an image another program is writing.
+func openImage(path string, readOnly, forceShare bool) (block.Node, error) {
+	if forceShare && !readOnly {
+		return nil, usagef("-U (--force-share) can only be used with commands that only read the image")
+	}
 	format, err := block.ProbeFormat(path)
 	if err != nil {
 		return nil, err
 	}
-	return block.Open(path, format, path, readOnly)
+	return block.OpenWith(path, format, path, block.OpenOptions{ReadOnly: readOnly, ForceShare: forceShare})
 }
 
-func openQcow2(path string, readOnly bool) (*block.Qcow2, error) {
-	n, err := openImage(path, readOnly)
+func openQcow2(path string, readOnly, forceShare bool) (*block.Qcow2, error) {
+	n, err := openImage(path, readOnly, forceShare)
 	if err != nil {
 		return nil, err
 	}
@@ -136,12 +149,13 @@ func openQcow2(path string, readOnly bool) (*block.Qcow2, error) {
 }
 
 func newImgInfoCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "info PATH",
+	var share bool
+	cmd := &cobra.Command{
+		Use:   "info [-U] PATH",
 		Short: "Show an image's format, sizes and snapshots",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			n, err := openImage(args[0], true)
+			n, err := openImage(args[0], true, share)
 			if err != nil {
 				return err
 			}
@@ -150,6 +164,13 @@ func newImgInfoCmd() *cobra.Command {
 			return nil
 		},
 	}
+	addForceShare(cmd, &share)
+	return cmd
+}
+
+// addForceShare adds qemu-img's -U.
+func addForceShare(cmd *cobra.Command, share *bool) {
+	cmd.Flags().BoolVarP(share, "force-share", "U", false, "open the image read-only even while another program writes it (what is read may be inconsistent)")
 }
 
 func writeInfo(w io.Writer, n block.Node) {
@@ -166,6 +187,7 @@ func writeInfo(w io.Writer, n block.Node) {
 	fmt.Fprintf(w, "cluster_size: %d\n", q.ClusterSize())
 	if snaps := q.Snapshots(); len(snaps) > 0 {
 		fmt.Fprint(w, block.FormatSnapshotList(snaps, time.Local))
+		writeVMStateUsage(w, q, snaps)
 	}
 	compat := "1.1"
 	if q.Version() == 2 {
@@ -176,15 +198,16 @@ func writeInfo(w io.Writer, n block.Node) {
 
 func newImgCheckCmd() *cobra.Command {
 	var repair string
+	var share bool
 	cmd := &cobra.Command{
-		Use:   "check [-r leaks|all] PATH",
+		Use:   "check [-U] [-r leaks|all] PATH",
 		Short: "Check a qcow2 image's metadata; exit 0 clean, 2 corrupt, 3 leaks only",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if repair != "" && repair != "leaks" && repair != "all" {
 				return usagef("img check: -r %s: want leaks or all", repair)
 			}
-			q, err := openQcow2(args[0], repair == "")
+			q, err := openQcow2(args[0], repair == "", share)
 			if err != nil {
 				return err
 			}
@@ -201,14 +224,15 @@ func newImgCheckCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&repair, "repair", "r", "", "repair: leaks (lower refcounts that are too high) or all (the same: other repairs are not supported)")
+	addForceShare(cmd, &share)
 	return cmd
 }
 
 func newImgSnapshotCmd() *cobra.Command {
-	var list bool
+	var list, share bool
 	var create, apply, del string
 	cmd := &cobra.Command{
-		Use:   "snapshot -l | -c TAG | -a TAG | -d TAG PATH",
+		Use:   "snapshot [-U] -l | -c TAG | -a TAG | -d TAG PATH",
 		Short: "List, create, apply (revert to) or delete internal snapshots",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -221,7 +245,7 @@ func newImgSnapshotCmd() *cobra.Command {
 			if n != 1 {
 				return usagef("img snapshot: give exactly one of -l, -c, -a, -d")
 			}
-			q, err := openQcow2(args[0], list)
+			q, err := openQcow2(args[0], list, share)
 			if err != nil {
 				return err
 			}
@@ -248,5 +272,49 @@ func newImgSnapshotCmd() *cobra.Command {
 	f.StringVarP(&create, "create", "c", "", "create a snapshot named TAG")
 	f.StringVarP(&apply, "apply", "a", "", "revert the disk to snapshot TAG (id or name)")
 	f.StringVarP(&del, "delete", "d", "", "delete snapshot TAG (id or name)")
+	addForceShare(cmd, &share)
 	return cmd
+}
+
+// parseImgSize reads a size as qemu-img does: a number of bytes, or a
+// number (a fraction allowed) with one of the suffixes b, k, M, G, T, P,
+// E (powers of 1024, any case), at most 2^63-1.
+func parseImgSize(s string) (uint64, error) {
+	bad := fmt.Errorf("size %q: invalid; use a number of bytes or k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes", s)
+	t := strings.TrimLeft(s, " \t")
+	if t == "" {
+		return 0, bad
+	}
+	shift := -1
+	if i := strings.IndexByte("BKMGTPE", byte(unicode.ToUpper(rune(t[len(t)-1])))); i >= 0 && t[len(t)-1] < 0x80 {
+		shift, t = 10*i, t[:len(t)-1]
+	}
+	whole, frac, hasFrac := strings.Cut(t, ".")
+	if whole == "" || strings.Trim(whole, "0123456789") != "" || strings.Trim(frac, "0123456789") != "" || hasFrac && (frac == "" || shift <= 0) {
+		return 0, bad
+	}
+	w, err := strconv.ParseUint(whole, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: Must be between 0 and 9223372036854775807", s)
+	}
+	mul := uint64(1)
+	if shift > 0 {
+		mul = 1 << shift
+	}
+	const limit = 1<<63 - 1
+	if w > limit/mul {
+		return 0, fmt.Errorf("size %q: Must be between 0 and 9223372036854775807", s)
+	}
+	v := w * mul
+	if hasFrac {
+		// The fraction's bytes, truncated as QEMU truncates them.
+		f, _ := new(big.Rat).SetString("0." + frac)
+		f.Mul(f, new(big.Rat).SetInt64(int64(mul)))
+		fb := new(big.Int).Quo(f.Num(), f.Denom()).Uint64()
+		if v > limit-fb {
+			return 0, fmt.Errorf("size %q: Must be between 0 and 9223372036854775807", s)
+		}
+		v += fb
+	}
+	return v, nil
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/snapvmm/snapvmm/internal/testutil"
 )
 
 func TestUsageErrorsExitTwo(t *testing.T) {
@@ -45,10 +47,7 @@ func TestParseSize(t *testing.T) {
 }
 
 func TestImgCommandsAgreeWithQemuImg(t *testing.T) {
-	qi, err := exec.LookPath("qemu-img")
-	if err != nil {
-		t.Skip("skipping: qemu-img not installed")
-	}
+	qi := testutil.NeedTool(t, "qemu-img")
 	p := filepath.Join(t.TempDir(), "d.qcow2")
 	if code := run([]string{"img", "create", "-f", "qcow2", "-o", "cluster_size=4096", p, "16M"}); code != 0 {
 		t.Fatalf("create exit %d", code)

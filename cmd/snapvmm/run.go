@@ -78,7 +78,7 @@ Examples:
 	f.BoolVar(&o.paused, "paused", false, "create the VM but do not start the vCPUs (like QEMU -S)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: error, warn, info, debug, trace")
 	f.StringArrayVar(&o.drives, "drive", nil,
-		"block node: file=PATH[,format=qcow2|raw][,node-name=NAME][,if=none][,readonly=on] (repeatable)")
+		"block node: file=PATH[,format=qcow2|raw][,node-name=NAME][,if=none][,readonly=on][,locking=off] (repeatable)")
 	f.StringArrayVar(&o.qmps, "qmp", nil, "QMP monitor: unix:PATH (socket mode 0600) or tcp:[HOST]:PORT (default host 127.0.0.1); repeatable")
 	f.StringVar(&o.loadvm, "loadvm", "", "restore snapshot TAG from the drives at start, like QEMU's -loadvm")
 	f.StringVar(&o.loadMode, "load-mode", "lazy", "how snapshot-load and --loadvm restore guest RAM: lazy (the guest runs at once, RAM\n"+
@@ -142,6 +142,11 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 	var disks []block.Node
 	for _, spec := range specs {
 		d, err := reg.OpenDrive(spec, func(w string) { log.Warn(w) })
+		if errors.Is(err, block.ErrLocked) {
+			// Another process holds the image: not a bad flag (status 1,
+			// as QEMU).
+			return fmt.Errorf("--drive: %w", err)
+		}
 		if err != nil {
 			return usagef("--drive: %v", err)
 		}
@@ -176,17 +181,29 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 		log.Warn("this host's /dev/kvm is nested PVM: guest kernel code runs hundreds of times slower than native here")
 	}
 
-	restore := func() {}
+	// Every way out of here restores the terminal: the signals below stop
+	// the VM, so run returns and the deferred restore runs.
+	restoreOnce := func() {}
 	if interactive {
-		var ok bool
-		restore, ok = rawTerminal(int(os.Stdin.Fd()))
-		if ok {
+		restore, err := rawTerminal(int(os.Stdin.Fd()))
+		if err != nil {
+			log.Warnf("%v: the guest console keeps line editing and Ctrl-C stops snapvmm", err)
+		}
+		if restore != nil {
 			// Raw mode turns "\n" into a bare line feed: log lines need CRs.
-			log.Logger.SetOutput(crlfWriter{os.Stderr})
+			stderr := log.Logger.Out
+			log.Logger.SetOutput(crlfWriter{stderr})
+			var once sync.Once
+			restoreOnce = func() {
+				once.Do(func() {
+					log.Logger.SetOutput(stderr)
+					if err := restore(); err != nil {
+						log.Warn(err)
+					}
+				})
+			}
 		}
 	}
-	var once sync.Once
-	restoreOnce := func() { once.Do(restore) }
 	defer restoreOnce()
 
 	sigs := make(chan os.Signal, 1)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/internal/fakeguest"
+	"github.com/snapvmm/snapvmm/internal/testutil"
 	"github.com/snapvmm/snapvmm/qmp"
 	"github.com/snapvmm/snapvmm/vmm"
 	"github.com/snapvmm/snapvmm/vmm/control"
@@ -69,10 +70,7 @@ func TestSnapshotCLIAgainstSnapvmm(t *testing.T) {
 }
 
 func TestSnapshotCLIAgainstQEMU(t *testing.T) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		t.Skip("skipping: qemu-system-x86_64 not installed")
-	}
+	qemu := testutil.NeedTool(t, "qemu-system-x86_64")
 	dir := t.TempDir()
 	p := filepath.Join(dir, "d.qcow2")
 	if err := block.CreateQcow2(p, 16<<20, block.CreateOptions{}); err != nil {

@@ -1,27 +1,27 @@
 package main
 
 import (
-	"golang.org/x/sys/unix"
+	"fmt"
+
+	"golang.org/x/term"
 )
 
 // rawTerminal puts fd in raw mode (no echo, no line editing, no signals
 // from Ctrl-C: those keys belong to the guest) and returns the function
-// that restores it. If fd is not a terminal it does nothing.
-func rawTerminal(fd int) (restore func(), ok bool) {
-	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+// that puts the terminal back as it was. If fd is not a terminal it does
+// nothing and returns restore == nil.
+func rawTerminal(fd int) (restore func() error, err error) {
+	if !term.IsTerminal(fd) {
+		return nil, nil
+	}
+	old, err := term.MakeRaw(fd)
 	if err != nil {
-		return func() {}, false
+		return nil, fmt.Errorf("put the terminal on fd %d in raw mode: %w", fd, err)
 	}
-	raw := *old
-	raw.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
-	raw.Oflag &^= unix.OPOST
-	raw.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
-	raw.Cflag &^= unix.CSIZE | unix.PARENB
-	raw.Cflag |= unix.CS8
-	raw.Cc[unix.VMIN] = 1
-	raw.Cc[unix.VTIME] = 0
-	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &raw); err != nil {
-		return func() {}, false
-	}
-	return func() { _ = unix.IoctlSetTermios(fd, unix.TCSETS, old) }, true
+	return func() error {
+		if err := term.Restore(fd, old); err != nil {
+			return fmt.Errorf("restore the terminal on fd %d (run `reset` to fix it): %w", fd, err)
+		}
+		return nil
+	}, nil
 }

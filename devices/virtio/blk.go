@@ -112,9 +112,14 @@ func (b *Block) Kick(int) {
 	b.mu.Unlock()
 }
 
-// Reset implements Device.
-func (b *Block) Reset() {
+// Reset implements Device: the request in flight completes on the old
+// queue before clear forgets it.
+func (b *Block) Reset(clear func()) {
 	b.Drain()
+	b.mu.Lock()
+	b.pending = false
+	b.mu.Unlock()
+	clear()
 	b.Resume()
 }
 

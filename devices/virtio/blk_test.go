@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,7 +33,7 @@ type driver struct {
 	nextDesc uint16
 	availIdx uint16
 	usedSeen uint16
-	irqs     int
+	irqs     atomic.Int32 // the worker raises them
 }
 
 const qsize = 16
@@ -51,6 +52,13 @@ func (d *driver) r32(off uint64) uint32 {
 
 func newDriver(t *testing.T, ro bool) (*driver, block.Node) {
 	t.Helper()
+	n := newDisk(t, ro)
+	return newDriverOn(t, n), n
+}
+
+// newDisk makes a 1 MiB qcow2 disk.
+func newDisk(t *testing.T, ro bool) block.Node {
+	t.Helper()
 	p := filepath.Join(t.TempDir(), "d.qcow2")
 	if err := block.CreateQcow2(p, 1<<20, block.CreateOptions{ClusterSize: 4096}); err != nil {
 		t.Fatal(err)
@@ -60,13 +68,29 @@ func newDriver(t *testing.T, ro bool) (*driver, block.Node) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// newDriverOn plays a driver that initialised a device serving node.
+func newDriverOn(t *testing.T, n block.Node) *driver {
+	t.Helper()
 	d := &driver{t: t, mem: make(ram, 1<<20), desc: 0x1000, avail: 0x2000, used: 0x3000}
 	d.dev = NewBlock(n, d.mem, func(level bool) {
 		if level {
-			d.irqs++
+			d.irqs.Add(1)
 		}
 	}, nil)
 	t.Cleanup(d.dev.Close)
+	d.init()
+	return d
+}
+
+// init runs the driver's initialisation sequence on fresh, zeroed rings.
+func (d *driver) init() {
+	t := d.t
+	t.Helper()
+	clear(d.mem[d.desc : d.used+0x1000])
+	d.nextDesc, d.availIdx, d.usedSeen = 0, 0, 0
 	if d.r32(regMagic) != 0x74726976 || d.r32(regVersion) != 2 || d.r32(regDeviceID) != BlockDeviceID {
 		t.Fatal("not a virtio-mmio v2 block device")
 	}
@@ -93,7 +117,6 @@ func newDriver(t *testing.T, ro bool) (*driver, block.Node) {
 	d.w32(regQueueDeviceLo, uint32(d.used))
 	d.w32(regQueueReady, 1)
 	d.w32(regStatus, statusAcknowledge|statusDriver|statusFeaturesOK|statusDriverOK)
-	return d, n
 }
 
 type seg struct {
@@ -104,7 +127,15 @@ type seg struct {
 
 // submit puts one chain on the ring, notifies and polls the used ring.
 func (d *driver) submit(segs []seg, next func(i int) uint16) (uint32, bool) {
-	head := d.nextDesc
+	head := d.post(segs, next)
+	return d.wait(head)
+}
+
+// post puts one chain on the ring and notifies the device. The ring
+// indices are accessed atomically, as the device does: the worker reads and
+// writes the rings concurrently.
+func (d *driver) post(segs []seg, next func(i int) uint16) (head uint16) {
+	head = d.nextDesc
 	for i, s := range segs {
 		idx := (head + uint16(i)) % qsize
 		o := d.desc + 16*uint64(idx)
@@ -127,10 +158,15 @@ func (d *driver) submit(segs []seg, next func(i int) uint16) (uint32, bool) {
 	d.nextDesc = (head + uint16(len(segs))) % qsize
 	binary.LittleEndian.PutUint16(d.mem[d.avail+4+2*uint64(d.availIdx%qsize):], head)
 	d.availIdx++
-	binary.LittleEndian.PutUint16(d.mem[d.avail+2:], d.availIdx)
+	storeHigh16(d.mem[d.avail:], d.availIdx)
 	d.w32(regQueueNotify, 0)
+	return head
+}
+
+// wait polls the used ring for the completion of the chain at head.
+func (d *driver) wait(head uint16) (uint32, bool) {
 	deadline := time.Now().Add(5 * time.Second)
-	for binary.LittleEndian.Uint16(d.mem[d.used+2:]) == d.usedSeen {
+	for uint16(loadWord(d.mem[d.used:])>>16) == d.usedSeen {
 		if time.Now().After(deadline) {
 			return 0, false
 		}
@@ -185,7 +221,7 @@ func TestBlockWriteReadFlush(t *testing.T) {
 	if st, _ := d.request(99, 0, 0, 0, false); st != statusUnsupp {
 		t.Fatalf("unknown request status %d", st)
 	}
-	if d.irqs == 0 || d.r32(regInterruptStat)&1 == 0 {
+	if d.irqs.Load() == 0 || d.r32(regInterruptStat)&1 == 0 {
 		t.Fatal("no used-buffer interrupt")
 	}
 	d.w32(regInterruptACK, 1)
@@ -359,5 +395,64 @@ func TestBlockStateRoundTrip(t *testing.T) {
 	}
 	if err := fresh.RestoreState(2, s); err == nil {
 		t.Fatal("newer version accepted")
+	}
+}
+
+// heldNode is a disk whose reads wait for the test: it holds a request in
+// flight on the device's worker.
+type heldNode struct {
+	block.Node
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (n *heldNode) ReadAt(p []byte, off int64) (int, error) {
+	select {
+	case n.entered <- struct{}{}:
+	default: // the test saw the first read
+	}
+	<-n.release
+	return n.Node.ReadAt(p, off)
+}
+
+// A driver reset while a request is in flight: the request completes on
+// the old queue, and the queue the driver sets up afterwards starts at
+// ring position 0, so its requests are served.
+func TestResetWithRequestInFlight(t *testing.T) {
+	held := &heldNode{Node: newDisk(t, false), entered: make(chan struct{}, 1), release: make(chan struct{})}
+	d := newDriverOn(t, held)
+
+	hdr, status := uint64(0x8000), uint64(0x8100)
+	binary.LittleEndian.PutUint32(d.mem[hdr:], reqIn)
+	d.post([]seg{{hdr, 16, false}, {0x10000, 512, true}, {status, 1, true}}, nil)
+	<-held.entered // the worker is serving the request
+
+	reset := make(chan struct{})
+	go func() {
+		defer close(reset)
+		d.w32(regStatus, 0)
+	}()
+	// Let the request finish only once the reset holds the worker back.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		d.dev.mu.Lock()
+		paused := d.dev.paused
+		d.dev.mu.Unlock()
+		if paused {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reset never waited for the request in flight")
+		}
+	}
+	close(held.release)
+	<-reset
+	if q := d.dev.Queue(0); q != (Queue{}) {
+		t.Fatalf("queue after the reset is %+v, want it zero (the old request wrote its ring positions into it)", q)
+	}
+
+	// The driver re-initialises; its first request is served.
+	d.init()
+	if st, _ := d.request(reqIn, 0, 0x10000, 512, true); st != statusOK {
+		t.Fatalf("first request after the reset: status %d", st)
 	}
 }

@@ -56,8 +56,13 @@ type Device interface {
 	// Kick tells the device that queue q has new buffers; it must not do
 	// the work on the caller's (vCPU) goroutine.
 	Kick(q int)
-	// Reset drops in-flight work when the driver resets the device.
-	Reset()
+	// Reset is the driver writing 0 to the status register. The device
+	// first waits for the request it is serving, if any, and drops pending
+	// notifications; then it calls clear, which forgets the queues; then it
+	// runs again. The order matters: a request that finished after clear
+	// would record the old ring positions in the fresh queue, and the
+	// driver's first requests after it re-initialises would go missing.
+	Reset(clear func())
 }
 
 // MMIO is the virtio-mmio transport. It is a devices.Device on the MMIO
@@ -247,12 +252,17 @@ func (m *MMIO) Write(off uint64, data []byte) {
 // writeStatus applies the driver's status byte; m.mu is held.
 func (m *MMIO) writeStatus(v uint32) {
 	if v == 0 {
-		m.status, m.interrupt, m.driverFeatures = 0, 0, 0
-		for i := range m.queues {
-			m.queues[i] = Queue{}
-		}
+		// The worker takes m.mu to record its progress: release it while
+		// the device waits for the worker.
 		m.mu.Unlock()
-		m.dev.Reset()
+		m.dev.Reset(func() {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			m.status, m.interrupt, m.driverFeatures = 0, 0, 0
+			for i := range m.queues {
+				m.queues[i] = Queue{}
+			}
+		})
 		m.mu.Lock()
 		return
 	}

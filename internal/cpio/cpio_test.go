@@ -6,13 +6,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/snapvmm/snapvmm/internal/testutil"
 )
 
 // TestExtractsWithGNUCpio checks the archive against an independent reader.
 func TestExtractsWithGNUCpio(t *testing.T) {
-	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Skip("skipping: GNU cpio not installed (.ci/run installs it)")
-	}
+	testutil.NeedTool(t, "cpio")
 	var buf bytes.Buffer
 	w := NewWriter(&buf)
 	for _, e := range []Entry{

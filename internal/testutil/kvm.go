@@ -3,7 +3,6 @@ package testutil
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"strconv"
 	"testing"
 	"time"
@@ -40,14 +39,6 @@ func OpenKVM(t testing.TB) *kvm.System {
 	}
 	t.Cleanup(func() { sys.Close() })
 	return sys
-}
-
-// NeedTool skips t when the named program is not installed.
-func NeedTool(t testing.TB, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("skipping: %s not installed", name)
-	}
 }
 
 // TimeScaleEnv multiplies the bounds of tests that bound a latency. The

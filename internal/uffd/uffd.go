@@ -145,15 +145,23 @@ type FD struct {
 // kernel support, or not permitted to this process).
 var ErrUnsupported = errors.New("userfaultfd unavailable")
 
-// Open creates a userfaultfd descriptor, close-on-exec and non-blocking
-// (reads return EAGAIN when no event is queued; wait with poll). It uses
+// Open creates a userfaultfd descriptor, close-on-exec. A non-blocking one
+// is read after poll; a blocking one's Read waits for events inside the
+// system call, which matters to a Go handler: an event is taken off the
+// queue in the kernel, before the goroutine needs a P to go on, so a
+// faulting goroutine that holds the only P and is then preempted (which
+// withdraws an event not yet read) cannot starve it. It uses
 // the userfaultfd system call, and where that is refused to this process
 // (EPERM: vm.unprivileged_userfaultfd=0 without CAP_SYS_PTRACE) falls back
 // to /dev/userfaultfd, whose file permissions then decide. Faults raised
 // inside the kernel (a KVM vCPU's accesses, system calls) are handled too:
 // the descriptor is never created user-mode-only.
-func Open() (*FD, error) {
-	fd, err := userfaultfd(unix.O_CLOEXEC | unix.O_NONBLOCK)
+func Open(nonBlocking bool) (*FD, error) {
+	flags := unix.O_CLOEXEC
+	if nonBlocking {
+		flags |= unix.O_NONBLOCK
+	}
+	fd, err := userfaultfd(flags)
 	if err == nil {
 		return &FD{fd: fd}, nil
 	}
@@ -168,7 +176,7 @@ func Open() (*FD, error) {
 		return nil, fmt.Errorf("%w: open userfaultfd: not permitted (EPERM: needs CAP_SYS_PTRACE or sysctl vm.unprivileged_userfaultfd=1), and /dev/userfaultfd: %v", ErrUnsupported, derr)
 	}
 	defer unix.Close(dev)
-	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(dev), ioctlNewDevice, uintptr(unix.O_CLOEXEC|unix.O_NONBLOCK))
+	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(dev), ioctlNewDevice, uintptr(flags))
 	if e != 0 {
 		return nil, fmt.Errorf("%w: open userfaultfd: not permitted (EPERM), and USERFAULTFD_IOC_NEW on /dev/userfaultfd: %v", ErrUnsupported, e)
 	}
@@ -299,8 +307,9 @@ func (e *RangeError) Error() string {
 
 func (e *RangeError) Unwrap() error { return e.Err }
 
-// Read reads the queued events into msgs and returns how many it read:
-// 0 with a nil error when none is queued (the descriptor is non-blocking).
+// Read reads queued events into msgs and returns how many it read. On a
+// blocking descriptor it waits for at least one; on a non-blocking one it
+// returns 0 with a nil error when none is queued.
 func (f *FD) Read(msgs []Msg) (int, error) {
 	if len(msgs) == 0 {
 		return 0, nil
@@ -308,6 +317,9 @@ func (f *FD) Read(msgs []Msg) (int, error) {
 	var raw [64 * MsgSize]byte
 	want := min(len(msgs), 64) * MsgSize
 	n, err := unix.Read(f.fd, raw[:want])
+	for err == unix.EINTR {
+		n, err = unix.Read(f.fd, raw[:want])
+	}
 	if err == unix.EAGAIN {
 		return 0, nil
 	}

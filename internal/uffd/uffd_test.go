@@ -45,11 +45,13 @@ func TestDecodeMsg(t *testing.T) {
 
 var pageSize = uint64(unix.Getpagesize())
 
-// open returns a descriptor negotiated with features, skipping where this
-// host offers no userfaultfd or not those features.
-func open(t *testing.T, features uint64) *FD {
+// open returns a non-blocking descriptor negotiated with features,
+// skipping where this host offers no userfaultfd or not those features.
+func open(t *testing.T, features uint64) *FD { return openMode(t, true, features) }
+
+func openMode(t *testing.T, nonBlocking bool, features uint64) *FD {
 	t.Helper()
-	f, err := Open()
+	f, err := Open(nonBlocking)
 	if errors.Is(err, ErrUnsupported) {
 		t.Skipf("no userfaultfd on this host: %v", err)
 	}
@@ -256,4 +258,22 @@ func TestWriteProtectFaults(t *testing.T) {
 	if mem[0] != 1 {
 		t.Fatal("page 0 changed")
 	}
+}
+
+func TestBlockingReadWaitsForEvent(t *testing.T) {
+	f := openMode(t, false, FeatureMissingShmem)
+	mem := shmem(t, 1)
+	if _, err := f.Register(Addr(mem), pageSize, ModeMissing); err != nil {
+		t.Fatal(err)
+	}
+	got := load(mem, 0)
+	var m [4]Msg
+	n, err := f.Read(m[:]) // waits: the reader has not necessarily faulted yet
+	if err != nil || n != 1 || m[0].Address != Addr(mem) {
+		t.Fatalf("blocking read: %d events %+v, %v", n, m[:n], err)
+	}
+	if _, err := f.ZeroPage(Addr(mem), pageSize, 0); err != nil {
+		t.Fatal(err)
+	}
+	recvWithin(t, got)
 }

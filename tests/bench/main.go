@@ -7,7 +7,6 @@ package main
 
 import (
 	"bytes"
-	"debug/elf"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -16,9 +15,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/snapvmm/snapvmm/block"
@@ -37,7 +38,18 @@ func (s scenario) String() string {
 // figures are one run's measurements.
 type figures struct {
 	SaveWall, SavePause, LoadWall, LoadPause time.Duration
-	VMStateSize, PeakRSS                     uint64
+	// LoadRunning is from the load command to the guest running again
+	// (RESUME); LoadPopulated to all of guest RAM in place (the lazy
+	// load's RAM_POPULATED event; the end of the job for an eager load).
+	LoadRunning, LoadPopulated time.Duration
+	// TouchAfterLoad is the guest's pass over all of its RAM right after
+	// the load, as a multiple of the same pass before the save (1 = no
+	// cost); 0 where the guest cannot tell (QEMU runs no fill guest).
+	TouchAfterLoad       float64
+	VMStateSize, PeakRSS uint64
+	// ImageUse is the image file's allocated bytes after the save: what
+	// the snapshot costs on disk (a format-2 vmstate is sparse).
+	ImageUse uint64
 }
 
 type result struct {
@@ -47,6 +59,11 @@ type result struct {
 	Median   *figures `json:"median,omitempty"`
 	Error    string   `json:"error,omitempty"`
 }
+
+// vmms are measured in this order: snapvmm loading lazily (its default),
+// snapvmm loading eagerly, snapvmm saving with the guest paused (both
+// others save live, the default), QEMU.
+var vmms = []string{"snapvmm", "snapvmm-eager", "snapvmm-paused", "qemu"}
 
 type limits struct {
 	WriteBytesPerSec  float64 `json:"write_bytes_per_sec"`
@@ -60,6 +77,7 @@ func main() {
 	snapvmm := flag.String("snapvmm", "build/snapvmm", "snapvmm binary")
 	qemu := flag.String("qemu", "qemu-system-x86_64", "QEMU binary")
 	guest := flag.String("guest", "testdata/guests/fill", "fill guest ELF")
+	incRAM := flag.String("incremental", "256M,1G", "RAM sizes of the incremental-save runs (comma-separated; empty: none)")
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "snapvmm-bench-")
 	if err != nil {
@@ -79,9 +97,7 @@ func main() {
 	lim := measureLimits(dir)
 	var results []result
 	for _, s := range scenarios {
-		// snapvmm saves live by default; "snapvmm-paused" is the same VMM
-		// with --save-mode paused, the wall time a live save is held to.
-		for _, vmm := range []string{"snapvmm", "snapvmm-paused", "qemu"} {
+		for _, vmm := range vmms {
 			r := result{Scenario: s, VMM: vmm}
 			var all []figures
 			for i := 0; i < *runs; i++ {
@@ -89,9 +105,11 @@ func main() {
 				var err error
 				switch vmm {
 				case "snapvmm":
-					f, err = runSnapvmm(dir, *snapvmm, *guest, s, "live")
+					f, err = runSnapvmm(dir, *snapvmm, *guest, s, "lazy", "live")
+				case "snapvmm-eager":
+					f, err = runSnapvmm(dir, *snapvmm, *guest, s, "eager", "live")
 				case "snapvmm-paused":
-					f, err = runSnapvmm(dir, *snapvmm, *guest, s, "paused")
+					f, err = runSnapvmm(dir, *snapvmm, *guest, s, "lazy", "paused")
 				default:
 					f, err = runQEMU(dir, *qemu, s)
 				}
@@ -110,13 +128,30 @@ func main() {
 			fmt.Fprintf(os.Stderr, "bench: %s on %s: %d runs %s\n", s, vmm, r.Runs, r.Error)
 		}
 	}
+	var inc []incResult
+	for _, s := range strings.FieldsFunc(*incRAM, func(r rune) bool { return r == ',' }) {
+		size, err := parseSize(s)
+		if err != nil {
+			fail(fmt.Errorf("-incremental %q: want sizes like 256M,1G", *incRAM))
+		}
+		r := incResult{Scenario: incScenario{RAM: size}}
+		f, err := runIncremental(dir, *snapvmm, *guest, r.Scenario)
+		if err != nil {
+			r.Error = err.Error()
+		} else {
+			r.Figures = &f
+		}
+		inc = append(inc, r)
+		fmt.Fprintf(os.Stderr, "bench: incremental saves of %s: %s\n", block.SizeToStr(size), r.Error)
+	}
 	if *jsonOut {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
-		enc.Encode(map[string]any{"limits": lim, "results": results})
+		enc.Encode(map[string]any{"limits": lim, "results": results, "incremental": inc})
 		return
 	}
 	printMarkdown(lim, results)
+	printIncremental(inc, results)
 }
 
 func fail(err error) {
@@ -180,30 +215,7 @@ func memoryFile(path string, s scenario) error {
 
 // patchedGuest writes a copy of the fill guest with its parameters set.
 func patchedGuest(dir, guest string, s scenario) (string, error) {
-	b, err := os.ReadFile(guest)
-	if err != nil {
-		return "", err
-	}
-	f, err := elf.NewFile(bytes.NewReader(b))
-	if err != nil {
-		return "", err
-	}
-	syms, err := f.Symbols()
-	if err != nil {
-		return "", err
-	}
-	for _, sym := range syms {
-		if sym.Name != "fill_params" {
-			continue
-		}
-		sec := f.Sections[sym.Section]
-		off := sec.Offset + sym.Value - sec.Addr
-		binary.LittleEndian.PutUint64(b[off:], s.Permille)
-		binary.LittleEndian.PutUint64(b[off+8:], seed)
-		p := filepath.Join(dir, "fill-guest")
-		return p, os.WriteFile(p, b, 0o644)
-	}
-	return "", errors.New("fill guest has no fill_params symbol")
+	return setFillParams(filepath.Join(dir, "fill-guest"), guest, s.Permille, seed, 1) // listen: passes on request
 }
 
 func freshImage(dir string) (string, error) {
@@ -212,7 +224,7 @@ func freshImage(dir string) (string, error) {
 	return p, block.CreateQcow2(p, 64<<20, block.CreateOptions{})
 }
 
-func runSnapvmm(dir, bin, guest string, s scenario, saveMode string) (figures, error) {
+func runSnapvmm(dir, bin, guest string, s scenario, loadMode, saveMode string) (figures, error) {
 	g, err := patchedGuest(dir, guest, s)
 	if err != nil {
 		return figures{}, err
@@ -221,26 +233,29 @@ func runSnapvmm(dir, bin, guest string, s scenario, saveMode string) (figures, e
 	if err != nil {
 		return figures{}, err
 	}
-	out, sock := filepath.Join(dir, "serial.txt"), filepath.Join(dir, "snapvmm.sock")
-	// A previous run's console and socket must not count as this one's.
-	os.Remove(out)
+	sock := filepath.Join(dir, "snapvmm.sock")
+	// A previous run's socket must not count as this one's.
 	os.Remove(sock)
+	// The console is on stdio: the bench asks the guest for passes over its
+	// RAM by writing to it, and reads the answers.
 	cmd := exec.Command(bin, "run", "--kernel", g, "--memory", strconv.FormatUint(s.RAM>>20, 10)+"M",
-		"--serial", "file:"+out, "--drive", "file="+img+",node-name=disk0,if=none", "--qmp", "unix:"+sock, "--log-level", "error",
-		"--save-mode", saveMode)
+		"--serial", "stdio", "--drive", "file="+img+",node-name=disk0,if=none", "--qmp", "unix:"+sock,
+		"--load-mode", loadMode, "--save-mode", saveMode, "--log-level", "error")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
+	con := &console{}
+	cmd.Stdout = con
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return figures{}, err
+	}
 	if err := cmd.Start(); err != nil {
 		return figures{}, err
 	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	defer func() { in.Close(); cmd.Process.Kill(); cmd.Wait() }()
 	deadline := time.Now().Add(10 * time.Minute)
-	for {
-		b, _ := os.ReadFile(out)
-		if bytes.Contains(b, []byte("fill ready")) {
-			break
-		}
-		if cmd.ProcessState != nil || time.Now().After(deadline) {
+	for !strings.Contains(con.String(), "fill ready") {
+		if time.Now().After(deadline) {
 			return figures{}, fmt.Errorf("the fill guest never got ready: %s", strings.TrimSpace(stderr.String()))
 		}
 		if exited(cmd) {
@@ -248,8 +263,45 @@ func runSnapvmm(dir, bin, guest string, s scenario, saveMode string) (figures, e
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	f, err := measure(sock, cmd.Process.Pid, false)
+	touch := func() (uint64, error) {
+		mark := len(con.String())
+		if _, err := in.Write([]byte("t")); err != nil {
+			return 0, err
+		}
+		deadline := time.Now().Add(30 * time.Minute)
+		for time.Now().Before(deadline) {
+			if m := sweepLine.FindStringSubmatch(con.String()[mark:]); m != nil {
+				return strconv.ParseUint(m[1], 10, 64)
+			}
+			if exited(cmd) {
+				return 0, errors.New("snapvmm exited during a pass over guest RAM")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return 0, errors.New("the guest never finished its pass over RAM")
+	}
+	f, err := measure(sock, img, cmd.Process.Pid, false, loadMode == "lazy", touch)
 	return f, withStderr(err, "snapvmm", &stderr)
+}
+
+var sweepLine = regexp.MustCompile(`sweep (\d+)\r?\n`)
+
+// console collects a VMM's standard output.
+type console struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (c *console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.b.Write(p)
+}
+
+func (c *console) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.b.String()
 }
 
 // withStderr adds what the VMM printed to a failure, so that a table cell
@@ -301,12 +353,14 @@ func runQEMU(dir, bin string, s scenario) (figures, error) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	f, err := measure(sock, cmd.Process.Pid, true)
+	f, err := measure(sock, img, cmd.Process.Pid, true, false, nil)
 	return f, withStderr(err, "qemu", &stderr)
 }
 
-// measure runs snapshot-save then snapshot-load on a running VM.
-func measure(sock string, pid int, cont bool) (figures, error) {
+// measure runs snapshot-save then snapshot-load on a running VM. touch,
+// where the guest offers it, times the guest's pass over its RAM: once
+// before the save, once right after the load.
+func measure(sock, img string, pid int, cont, lazy bool, touch func() (uint64, error)) (figures, error) {
 	cl, err := qmp.Dial(sock)
 	if err != nil {
 		return figures{}, err
@@ -318,9 +372,24 @@ func measure(sock string, pid int, cont bool) (figures, error) {
 		}
 	}
 	var f figures
+	var before uint64
+	if touch != nil {
+		// The first pass also faults in pages the guest never touched:
+		// the second is the steady state.
+		for i := 0; i < 2; i++ {
+			if before, err = touch(); err != nil {
+				return f, err
+			}
+		}
+	}
 	args := map[string]any{"job-id": "bench-save", "tag": "b", "vmstate": "disk0", "devices": []any{"disk0"}}
-	if f.SaveWall, f.SavePause, err = timedJob(cl, "snapshot-save", args); err != nil {
+	save, err := timedJob(cl, "snapshot-save", args)
+	if err != nil {
 		return f, err
+	}
+	f.SaveWall, f.SavePause = save.wall, save.pause
+	if used, err := diskUsed(img); err == nil {
+		f.ImageUse = used
 	}
 	r, err := cl.Execute("query-named-block-nodes", nil)
 	if err != nil {
@@ -337,8 +406,40 @@ func measure(sock string, pid int, cont bool) (figures, error) {
 		}
 	}
 	args["job-id"] = "bench-load"
-	if f.LoadWall, f.LoadPause, err = timedJob(cl, "snapshot-load", args); err != nil {
+	load, err := timedJob(cl, "snapshot-load", args)
+	if err != nil {
 		return f, err
+	}
+	f.LoadWall, f.LoadPause, f.LoadRunning, f.LoadPopulated = load.wall, load.pause, load.running, load.wall
+	type when struct {
+		t   time.Time
+		err error
+	}
+	populated := make(chan when, 1)
+	if lazy && load.populated == 0 {
+		go func() {
+			t, err := waitPopulated(cl)
+			populated <- when{t, err}
+		}()
+	}
+	if touch != nil {
+		after, err := touch()
+		if err != nil {
+			return f, err
+		}
+		if before > 0 {
+			f.TouchAfterLoad = float64(after) / float64(before)
+		}
+	}
+	switch {
+	case lazy && load.populated > 0:
+		f.LoadPopulated = load.populated
+	case lazy:
+		w := <-populated
+		if w.err != nil {
+			return f, w.err
+		}
+		f.LoadPopulated = w.t.Sub(load.start)
 	}
 	f.PeakRSS = peakRSS(pid)
 	cl.Execute("quit", nil)
@@ -352,41 +453,68 @@ func eventTime(m map[string]any) time.Time {
 	return time.Unix(int64(s), int64(us)*1000)
 }
 
-// timedJob runs a job and returns the wall time from the command to the
-// concluded event, and the time from STOP to RESUME.
-func timedJob(cl *qmp.Client, cmd string, args map[string]any) (wall, pause time.Duration, err error) {
+// waitPopulated waits for a lazy load's RAM_POPULATED event and returns
+// its time.
+func waitPopulated(cl *qmp.Client) (time.Time, error) {
+	for {
+		e, err := cl.NextEvent(30 * time.Minute)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("waiting for guest RAM to be populated: %w", err)
+		}
+		switch e["event"] {
+		case "__org.snapvmm_RAM_POPULATED":
+			return eventTime(e), nil
+		case "__org.snapvmm_RAM_LOAD_FAILED":
+			return time.Time{}, fmt.Errorf("lazy load failed: %v", e["data"])
+		}
+	}
+}
+
+// jobTimes are a job's timings from its command: to the concluded event
+// (wall), to RESUME (running), from STOP to RESUME (pause), and to a lazy
+// load's RAM_POPULATED event when it came before the job concluded.
+type jobTimes struct {
+	start                           time.Time
+	wall, pause, running, populated time.Duration
+}
+
+// timedJob runs a job to its end and dismisses it.
+func timedJob(cl *qmp.Client, cmd string, args map[string]any) (jobTimes, error) {
 	id := args["job-id"].(string)
-	start := time.Now()
+	t := jobTimes{start: time.Now()}
 	if _, err := cl.Execute(cmd, args); err != nil {
-		return 0, 0, err
+		return t, err
 	}
 	var stop, resume time.Time
 	for {
 		e, err := cl.NextEvent(30 * time.Minute)
 		if err != nil {
-			return 0, 0, err
+			return t, err
 		}
 		switch e["event"] {
 		case "STOP":
 			stop = eventTime(e)
 		case "RESUME":
 			resume = eventTime(e)
+		case "__org.snapvmm_RAM_POPULATED":
+			t.populated = eventTime(e).Sub(t.start)
 		case "JOB_STATUS_CHANGE":
 			d, _ := e["data"].(map[string]any)
 			if d["id"] == id && d["status"] == "concluded" {
-				wall = time.Since(start)
+				t.wall = time.Since(t.start)
 				if !stop.IsZero() && !resume.IsZero() {
-					pause = resume.Sub(stop)
+					t.pause = resume.Sub(stop)
+					t.running = resume.Sub(t.start)
 				}
 				jobs, _ := cl.Execute("query-jobs", nil)
 				for _, j := range jobs.([]any) {
 					jm := j.(map[string]any)
 					if jm["id"] == id && jm["error"] != nil {
-						return 0, 0, fmt.Errorf("%s: %v", cmd, jm["error"])
+						return t, fmt.Errorf("%s: %v", cmd, jm["error"])
 					}
 				}
 				cl.Execute("job-dismiss", map[string]any{"id": id})
-				return wall, pause, nil
+				return t, nil
 			}
 		}
 	}
@@ -448,68 +576,94 @@ func median(all []figures) figures {
 		return v[len(v)/2]
 	}
 	return figures{
-		SaveWall:    time.Duration(pick(func(f figures) float64 { return float64(f.SaveWall) })),
-		SavePause:   time.Duration(pick(func(f figures) float64 { return float64(f.SavePause) })),
-		LoadWall:    time.Duration(pick(func(f figures) float64 { return float64(f.LoadWall) })),
-		LoadPause:   time.Duration(pick(func(f figures) float64 { return float64(f.LoadPause) })),
-		VMStateSize: uint64(pick(func(f figures) float64 { return float64(f.VMStateSize) })),
-		PeakRSS:     uint64(pick(func(f figures) float64 { return float64(f.PeakRSS) })),
+		SaveWall:       time.Duration(pick(func(f figures) float64 { return float64(f.SaveWall) })),
+		SavePause:      time.Duration(pick(func(f figures) float64 { return float64(f.SavePause) })),
+		LoadWall:       time.Duration(pick(func(f figures) float64 { return float64(f.LoadWall) })),
+		LoadPause:      time.Duration(pick(func(f figures) float64 { return float64(f.LoadPause) })),
+		LoadRunning:    time.Duration(pick(func(f figures) float64 { return float64(f.LoadRunning) })),
+		LoadPopulated:  time.Duration(pick(func(f figures) float64 { return float64(f.LoadPopulated) })),
+		TouchAfterLoad: pick(func(f figures) float64 { return f.TouchAfterLoad }),
+		VMStateSize:    uint64(pick(func(f figures) float64 { return float64(f.VMStateSize) })),
+		PeakRSS:        uint64(pick(func(f figures) float64 { return float64(f.PeakRSS) })),
+		ImageUse:       uint64(pick(func(f figures) float64 { return float64(f.ImageUse) })),
 	}
 }
 
 func printMarkdown(l limits, results []result) {
 	fmt.Printf("Machine limits: sequential write %s/s to the image file system, memory copy %s/s.\n\n",
 		block.SizeToStr(uint64(l.WriteBytesPerSec)), block.SizeToStr(uint64(l.MemcpyBytesPerSec)))
-	fmt.Println("| scenario | figure | snapvmm (live save) | snapvmm (paused save) | QEMU 7.2 | live/QEMU | live/paused |")
-	fmt.Println("|---|---|---|---|---|---|---|")
+	fmt.Println("snapvmm loads lazily by default (--load-mode lazy: the guest runs once all but RAM is restored, RAM")
+	fmt.Println("follows on demand); snapvmm eager and QEMU copy all of RAM first. Load rows marked \"/ QEMU load\"")
+	fmt.Println("divide by QEMU's whole load (its time to running and to populated RAM). snapvmm saves live by default")
+	fmt.Println("(the guest runs while its RAM is written); snapvmm paused is --save-mode paused, as QEMU saves.")
+	fmt.Println()
+	fmt.Println("| scenario | figure | snapvmm | snapvmm eager | snapvmm paused | QEMU 7.2 | snapvmm/QEMU | eager/QEMU | snapvmm/paused |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	byKey := map[string]result{}
 	var order []scenario
 	for _, r := range results {
-		key := r.Scenario.String() + r.VMM
-		byKey[key] = r
+		byKey[r.Scenario.String()+r.VMM] = r
 		if r.VMM == "snapvmm" {
 			order = append(order, r.Scenario)
 		}
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	msText := func(v float64) string { return fmt.Sprintf("%.0f", v) }
+	qemuLoad := func(f figures) float64 { return ms(f.LoadWall) }
 	rows := []struct {
 		name string
 		get  func(figures) float64
 		unit func(float64) string
+		// qemu, when set, is what the row is compared with in QEMU's
+		// figures (otherwise the same figure).
+		qemu func(figures) float64
 	}{
-		{"save wall (ms)", func(f figures) float64 { return ms(f.SaveWall) }, func(v float64) string { return fmt.Sprintf("%.0f", v) }},
-		{"save pause (ms)", func(f figures) float64 { return ms(f.SavePause) }, func(v float64) string { return fmt.Sprintf("%.0f", v) }},
-		{"load wall (ms)", func(f figures) float64 { return ms(f.LoadWall) }, func(v float64) string { return fmt.Sprintf("%.0f", v) }},
-		{"load pause (ms)", func(f figures) float64 { return ms(f.LoadPause) }, func(v float64) string { return fmt.Sprintf("%.0f", v) }},
-		{"vmstate size", func(f figures) float64 { return float64(f.VMStateSize) }, func(v float64) string { return block.SizeToStr(uint64(v)) }},
-		{"peak RSS", func(f figures) float64 { return float64(f.PeakRSS) }, func(v float64) string { return block.SizeToStr(uint64(v)) }},
+		{"save wall (ms)", func(f figures) float64 { return ms(f.SaveWall) }, msText, nil},
+		{"save pause (ms)", func(f figures) float64 { return ms(f.SavePause) }, msText, nil},
+		{"load wall (ms)", func(f figures) float64 { return ms(f.LoadWall) }, msText, nil},
+		{"load pause (ms)", func(f figures) float64 { return ms(f.LoadPause) }, msText, nil},
+		{"load: time to running (ms) / QEMU load", func(f figures) float64 { return ms(f.LoadRunning) }, msText, qemuLoad},
+		{"load: time to populated RAM (ms) / QEMU load", func(f figures) float64 { return ms(f.LoadPopulated) }, msText, qemuLoad},
+		{"guest's pass over RAM after load (x steady)", func(f figures) float64 { return f.TouchAfterLoad },
+			func(v float64) string { return fmt.Sprintf("%.2f", v) }, nil},
+		{"vmstate size (logical)", func(f figures) float64 { return float64(f.VMStateSize) }, func(v float64) string { return block.SizeToStr(uint64(v)) }, nil},
+		{"image disk use after save", func(f figures) float64 { return float64(f.ImageUse) }, func(v float64) string { return block.SizeToStr(uint64(v)) }, nil},
+		{"peak RSS", func(f figures) float64 { return float64(f.PeakRSS) }, func(v float64) string { return block.SizeToStr(uint64(v)) }, nil},
 		{"save rate / write limit", func(f figures) float64 {
 			if f.SaveWall == 0 || l.WriteBytesPerSec == 0 {
 				return 0
 			}
-			return float64(f.VMStateSize) / f.SaveWall.Seconds() / l.WriteBytesPerSec
-		}, func(v float64) string { return fmt.Sprintf("%.0f%%", 100*v) }},
+			return float64(f.ImageUse) / f.SaveWall.Seconds() / l.WriteBytesPerSec
+		}, func(v float64) string { return fmt.Sprintf("%.0f%%", 100*v) }, nil},
 	}
 	cell := func(r result, get func(figures) float64, unit func(float64) string) (string, float64) {
 		if r.Median == nil {
 			return "n/a", 0
 		}
 		v := get(*r.Median)
+		if v == 0 {
+			return "n/a", 0
+		}
 		return unit(v), v
 	}
-	for _, s := range order {
-		sv, pv, qv := byKey[s.String()+"snapvmm"], byKey[s.String()+"snapvmm-paused"], byKey[s.String()+"qemu"]
-		ratio := func(a, b float64) string {
-			if a > 0 && b > 0 {
-				return fmt.Sprintf("%.3f", a/b)
-			}
-			return "n/a"
+	ratio := func(a, b float64) string {
+		if a > 0 && b > 0 {
+			return fmt.Sprintf("%.3f", a/b)
 		}
+		return "n/a"
+	}
+	for _, s := range order {
+		lazy, eager, q := byKey[s.String()+"snapvmm"], byKey[s.String()+"snapvmm-eager"], byKey[s.String()+"qemu"]
+		paused := byKey[s.String()+"snapvmm-paused"]
 		for _, row := range rows {
-			a, av := cell(sv, row.get, row.unit)
-			p, pvv := cell(pv, row.get, row.unit)
-			b, bv := cell(qv, row.get, row.unit)
-			fmt.Printf("| %s | %s | %s | %s | %s | %s | %s |\n", s, row.name, a, p, b, ratio(av, bv), ratio(av, pvv))
+			a, av := cell(lazy, row.get, row.unit)
+			e, ev := cell(eager, row.get, row.unit)
+			p, pv := cell(paused, row.get, row.unit)
+			b, bv := cell(q, row.get, row.unit)
+			if row.qemu != nil {
+				_, bv = cell(q, row.qemu, row.unit)
+			}
+			fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s, row.name, a, e, p, b, ratio(av, bv), ratio(ev, bv), ratio(av, pv))
 		}
 	}
 	for _, r := range results {

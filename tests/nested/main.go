@@ -43,6 +43,12 @@ var kvmModules = []string{
 	"kernel/arch/x86/kvm/kvm-amd.ko",
 }
 
+// netModules give the -interactive machine a network card, over which
+// QEMU forwards a host port to snapvmm's QMP monitor.
+var netModules = []string{
+	"kernel/drivers/net/ethernet/intel/e1000/e1000.ko",
+}
+
 const resultMarker = "NESTED-RESULT"
 
 func main() {
@@ -59,7 +65,19 @@ func main() {
 	script := flag.String("script", "", "instead of tests, run this shell script inside (in /repo, with snapvmm, snapvmm-bench and socat on PATH)")
 	tools := flag.String("tools", "", "comma-separated extra host programs to bring, with their libraries (e.g. qemu-system-x86_64)")
 	data := flag.String("data", "", "comma-separated host directories to bring as they are (e.g. /usr/share/qemu,/usr/share/seabios)")
+	inter := flag.Bool("interactive", false, "instead of tests, boot the Linux guest (make guest) under snapvmm with its console on this terminal (make run without /dev/kvm); Ctrl-a x quits")
+	guestMem := flag.String("guest-mem", "512M", "with -interactive: the guest's --memory")
+	guestCPUs := flag.Int("guest-cpus", 2, "with -interactive: the guest's --cpus")
+	qmpPath := flag.String("qmp", "", "with -interactive: offer snapvmm's QMP monitor on this Unix socket here")
+	why := flag.String("why", "no /dev/kvm on this host", "with -interactive: why the guest does not run natively, for the first line")
 	flag.Parse()
+	if *inter {
+		code, err := interactive(*mem, *guestMem, *guestCPUs, *qmpPath, *why)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "snapvmm: %v\n", err)
+		}
+		os.Exit(code)
+	}
 	list := splitList(*pkgs)
 	if *e2e {
 		list = append(list, "tests/linux")
@@ -117,14 +135,23 @@ func nested(pkgs []string, run string, count int, e2e bool, memMiB int, timeout 
 		defer os.RemoveAll(work)
 	}
 	var files []file
+	// Scripts use the snapvmm command, and so does the e2e warm-start
+	// recipe (examples/warm-start.sh).
+	cmds := map[string]string{}
+	if script != "" || e2e {
+		cmds["snapvmm"] = "./cmd/snapvmm"
+	}
 	if script != "" {
-		for name, pkg := range map[string]string{"snapvmm": "./cmd/snapvmm", "snapvmm-bench": "./tests/bench"} {
-			bin := filepath.Join(work, name)
-			if err := runCmd([]string{"go", "build", "-o", bin, pkg}, "CGO_ENABLED=0"); err != nil {
-				return fmt.Errorf("build %s: %w", pkg, err)
-			}
-			files = append(files, file{host: bin, guest: "usr/bin/" + name, mode: 0o755})
+		cmds["snapvmm-bench"] = "./tests/bench"
+	}
+	for name, pkg := range cmds {
+		bin := filepath.Join(work, name)
+		if err := runCmd([]string{"go", "build", "-o", bin, pkg}, "CGO_ENABLED=0"); err != nil {
+			return fmt.Errorf("build %s: %w", pkg, err)
 		}
+		files = append(files, file{host: bin, guest: "usr/bin/" + name, mode: 0o755})
+	}
+	if script != "" {
 		files = append(files, file{host: script, guest: "repo/script/pkg.test", mode: 0o755})
 		pkgs = nil
 	}
@@ -147,6 +174,7 @@ func nested(pkgs []string, run string, count int, e2e bool, memMiB int, timeout 
 		for _, f := range []string{"bzImage", "vmlinux", "initramfs.cpio"} {
 			files = append(files, file{host: filepath.Join("build/guest", f), guest: "repo/build/guest/" + f, mode: 0o644})
 		}
+		files = append(files, file{host: "examples/warm-start.sh", guest: "repo/examples/warm-start.sh", mode: 0o755})
 	}
 	for _, d := range dataDirs {
 		files = append(files, tree(d, strings.TrimPrefix(filepath.Clean(d), "/"))...)
@@ -194,7 +222,7 @@ func nested(pkgs []string, run string, count int, e2e bool, memMiB int, timeout 
 // status, and whether the machine's own kernel crashed.
 func boot(ctx context.Context, kdir, work string, files []file, pkgs []string, run string, count, memMiB int) (map[string]string, bool, error) {
 	initrd := filepath.Join(work, "initrd.cpio")
-	if err := writeInitramfs(initrd, files, initScript(pkgs, run, count)); err != nil {
+	if err := writeInitramfs(initrd, files, initScript(pkgs, run, count, broughtTools(files))); err != nil {
 		return nil, false, err
 	}
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64",
@@ -304,22 +332,38 @@ func verdict(pkgs []string, results map[string]string, werr, ctxErr error) error
 	return nil
 }
 
-// initScript is /init of the nested machine: load KVM, then run each
-// package's test binary from its own directory (tests find their data by
-// relative paths) and print its exit status on a marker line.
-func initScript(pkgs []string, run string, count int) []byte {
-	var b bytes.Buffer
-	b.WriteString(`#!/bin/busybox sh
+// initPrologue starts /init of the nested machine: the basic mounts and
+// KVM.
+const initPrologue = `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin HOME=/tmp TMPDIR=/tmp ` + "SNAPVMM_REQUIRE_KVM=1 SNAPVMM_TIME_SCALE=10" + `
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
+mkdir -p /dev/pts; mount -t devpts devpts /dev/pts
 for m in /mod/irqbypass.ko /mod/ccp.ko /mod/kvm.ko /mod/kvm-amd.ko; do insmod $m || echo "nested: insmod $m failed"; done
 [ -c /dev/kvm ] || { echo "nested: no /dev/kvm after loading kvm-amd"; dmesg | grep -i -E 'kvm|svm' | tail; }
-`)
+`
+
+// initScript is /init of the nested machine: load KVM, then run each
+// package's test binary from its own directory (tests find their data by
+// relative paths) and print its exit status on a marker line. tools are
+// the programs brought in (broughtTools).
+func initScript(pkgs []string, run string, count int, tools []string) []byte {
+	var b bytes.Buffer
+	b.WriteString(initPrologue)
 	// make bench's flags reach tests/nested/bench.sh, and SNAPVMM_*
-	// settings (SNAPVMM_CRASH_ROUNDS, say) reach the tests.
+	// settings (SNAPVMM_CRASH_ROUNDS, say) reach the tests. A run that
+	// requires the tools (SNAPVMM_REQUIRE_TOOLS) requires inside the ones
+	// this machine has: the tests that need others (qemu-system-x86_64)
+	// need no KVM and ran on the host.
 	for _, kv := range os.Environ() {
 		k, v, _ := strings.Cut(kv, "=")
+		if k == requireToolsEnv {
+			if v != "" && v != "0" {
+				v = strings.Join(tools, ",")
+			} else {
+				continue
+			}
+		}
 		if k == "BENCHFLAGS" || strings.HasPrefix(k, "SNAPVMM_") && k != "SNAPVMM_REQUIRE_KVM" {
 			fmt.Fprintf(&b, "export %s='%s'\n", k, strings.ReplaceAll(v, "'", `'\''`))
 		}
@@ -370,6 +414,24 @@ func tree(hostDir, guestDir string) []file {
 		return nil
 	})
 	return out
+}
+
+// requireToolsEnv is testutil.RequireToolsEnv (the runner imports no test
+// helpers).
+const requireToolsEnv = "SNAPVMM_REQUIRE_TOOLS"
+
+// broughtTools names the programs among files: busybox and what toolFiles
+// put in usr/bin.
+func broughtTools(files []file) []string {
+	var tools []string
+	for _, f := range files {
+		if f.guest == "bin/busybox" {
+			tools = append(tools, "busybox")
+		} else if name, ok := strings.CutPrefix(f.guest, "usr/bin/"); ok {
+			tools = append(tools, name)
+		}
+	}
+	return tools
 }
 
 // toolFiles brings busybox (static), and qemu-img and socat (when
@@ -482,9 +544,10 @@ func kernel() (string, error) {
 		return "", err
 	}
 	dir := filepath.Join(home, ".cache", "snapvmm", "nested", pkg)
-	if _, err := os.Stat(filepath.Join(dir, "vmlinuz")); err == nil {
+	if cached(dir) {
 		return dir, nil
 	}
+	os.RemoveAll(dir) // from an older version of this program, without netModules
 	tmp, err := os.MkdirTemp("", "snapvmm-kernel-")
 	if err != nil {
 		return "", err
@@ -512,7 +575,7 @@ func kernel() (string, error) {
 	if err := os.Rename(filepath.Join(root, "boot", "vmlinuz-"+ver), filepath.Join(stage, "vmlinuz")); err != nil {
 		return "", fmt.Errorf("kernel package %s: %w", pkg, err)
 	}
-	for _, m := range kvmModules {
+	for _, m := range append(kvmModules, netModules...) {
 		src := filepath.Join(root, "lib", "modules", ver, m)
 		dst := filepath.Join(stage, "modules", m)
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
@@ -529,6 +592,19 @@ func kernel() (string, error) {
 		return "", err
 	}
 	return dir, nil
+}
+
+// cached reports whether dir holds the kernel and every module used.
+func cached(dir string) bool {
+	for _, f := range append([]string{"vmlinuz"}, append(kvmModules, netModules...)...) {
+		if f != "vmlinuz" {
+			f = filepath.Join("modules", f)
+		}
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 func runCmd(argv []string, env ...string) error {

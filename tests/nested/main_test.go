@@ -26,3 +26,17 @@ func TestScanResultsAndMachineCrash(t *testing.T) {
 		t.Fatalf("verdict: %v", err)
 	}
 }
+
+// A run that requires the tools requires, inside the machine, the ones the
+// machine has: qemu-system-x86_64's tests need no KVM and ran on the host.
+func TestInitScriptRequiresBroughtTools(t *testing.T) {
+	files := []file{{guest: "bin/busybox"}, {guest: "usr/bin/qemu-img"}, {guest: "lib/x86_64-linux-gnu/libc.so.6"}, {guest: "usr/bin/socat"}}
+	t.Setenv(requireToolsEnv, "1")
+	if s := string(initScript([]string{"vmm"}, "", 1, broughtTools(files))); !strings.Contains(s, "export SNAPVMM_REQUIRE_TOOLS='busybox,qemu-img,socat'\n") {
+		t.Fatalf("init script does not require the brought tools:\n%s", s)
+	}
+	t.Setenv(requireToolsEnv, "0")
+	if s := string(initScript([]string{"vmm"}, "", 1, broughtTools(files))); strings.Contains(s, requireToolsEnv) {
+		t.Fatalf("init script requires tools that the host run does not:\n%s", s)
+	}
+}

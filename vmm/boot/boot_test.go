@@ -189,9 +189,11 @@ func TestLoadBzImageErrors(t *testing.T) {
 		{"old protocol", fakeBzImage(0x0204, 1, 100), 64 << 20, Params{}, "too old"},
 		{"no 64-bit entry", fakeBzImage(0x020f, 0, 100), 64 << 20, Params{}, "64-bit entry"},
 		{"truncated", fakeBzImage(0x020f, 1, 0)[:0x300], 64 << 20, Params{}, "truncated"},
-		{"ram too small", fakeBzImage(0x020f, 1, 100), 4 << 20, Params{}, "kernel needs"},
-		{"cmdline too long", fakeBzImage(0x020f, 1, 100), 64 << 20, Params{Cmdline: strings.Repeat("x", 3000)}, "exceeds"},
-		{"initrd does not fit", fakeBzImage(0x020f, 1, 100), 8 << 20, Params{Initrd: make([]byte, 6<<20)}, "do not fit"},
+		{"header cut before init_size", fakeBzImage(0x020f, 1, 0)[:0x250], 64 << 20, Params{}, "setup header alone"},
+		{"no 64-bit entry code", fakeBzImage(0x020f, 1, 0x200), 64 << 20, Params{}, "before its 64-bit entry point"},
+		{"ram too small", fakeBzImage(0x020f, 1, 1024), 4 << 20, Params{}, "kernel needs"},
+		{"cmdline too long", fakeBzImage(0x020f, 1, 1024), 64 << 20, Params{Cmdline: strings.Repeat("x", 3000)}, "exceeds"},
+		{"initrd does not fit", fakeBzImage(0x020f, 1, 1024), 8 << 20, Params{Initrd: make([]byte, 6<<20)}, "do not fit"},
 		{"garbage", []byte("hello world"), 64 << 20, Params{}, "not a Linux bzImage"},
 		{"empty", nil, 64 << 20, Params{}, "empty"},
 	}
@@ -280,6 +282,7 @@ func TestLoadELFGuestErrors(t *testing.T) {
 		{"outside RAM", elfgen.Build(0x200000, seg(0x200000, 64<<20)), 1, "outside guest RAM"},
 		{"filesz > memsz", elfgen.Build(0x200000, []elfgen.Segment{{Type: elfgen.PTLoad, Paddr: 0x200000, Data: []byte{1, 2, 3}, Memsz: 1}}), 1, "filesz"},
 		{"entry outside", elfgen.Build(0x10, seg(0x200000, 0)), 1, "entry point"},
+		{"entry in RAM, not in a segment", elfgen.Build(0x400000, seg(0x200000, 0)), 1, "not in a loaded segment"},
 		{"no segments", elfgen.Build(0x200000, nil), 1, "no loadable"},
 		{"too many vCPUs", elfgen.Build(0x200000, seg(0x200000, 0)), MaxELFGuestVCPUs + 1, "vCPUs"},
 		{"truncated ELF", elfgen.Build(0x200000, seg(0x200000, 0))[:70], 1, "load ELF"},
@@ -293,6 +296,51 @@ func TestLoadELFGuestErrors(t *testing.T) {
 				t.Fatalf("err = %v, want %q", err, c.want)
 			}
 		})
+	}
+}
+
+func TestLoadPVHErrors(t *testing.T) {
+	pvh := func(entry []byte) []byte {
+		return elfgen.Build(0x200000, []elfgen.Segment{
+			{Type: elfgen.PTLoad, Paddr: 0x200000, Data: []byte{0x90, 0xf4}, Memsz: 4096},
+			{Type: elfgen.PTNote, Data: elfgen.Note("Xen", xenNotePhys32Entry, entry)},
+		})
+	}
+	le := binary.LittleEndian
+	for _, c := range []struct {
+		name  string
+		entry []byte
+	}{
+		{"entry outside RAM", le.AppendUint32(nil, 0x7200000)},
+		{"entry in RAM, not in a segment", le.AppendUint32(nil, 0x300000)},
+		{"entry above 4 GiB", le.AppendUint64(nil, FourGiB+0x200000)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Load(newMem(t, 16<<20), Params{Kernel: pvh(c.entry), VCPUs: 1})
+			if err == nil || !strings.Contains(err.Error(), "entry point") {
+				t.Fatalf("err = %v, want the entry point refused", err)
+			}
+		})
+	}
+	if _, err := Load(newMem(t, 16<<20), Params{Kernel: pvh(le.AppendUint32(nil, 0x200fff)), VCPUs: 1}); err != nil {
+		t.Fatalf("entry on the segment's last byte: %v", err)
+	}
+}
+
+// Load validates its input; it has no recover that would turn a bug of
+// the loader into a "malformed image" error and hide it from FuzzLoad. Guest
+// memory smaller than its layout says is such a bug (of the caller).
+func TestLoadDoesNotHideBugs(t *testing.T) {
+	m := Mem{L: Layout{Below4G: 4 << 20}, B: make([]byte, 512<<10)}
+	k := elfgen.Build(0x200000, []elfgen.Segment{{Type: elfgen.PTLoad, Paddr: 0x200000, Data: []byte{1}}})
+	var err error
+	panicked := func() (p bool) {
+		defer func() { p = recover() != nil }()
+		_, err = Load(m, Params{Kernel: k, VCPUs: 1})
+		return false
+	}()
+	if !panicked {
+		t.Fatalf("Load returned (err %v) instead of panicking on memory shorter than its layout", err)
 	}
 }
 
@@ -312,8 +360,33 @@ func FuzzLoad(f *testing.F) {
 	f.Add(fakeBzImage(0x020f, 1, 64))
 	f.Add(elfgen.Build(0x200000, []elfgen.Segment{{Type: elfgen.PTLoad, Paddr: 0x200000, Data: []byte{1}}}))
 	f.Add(elfgen.Build(0x200000, []elfgen.Segment{{Type: elfgen.PTNote, Data: elfgen.Note("Xen", 18, []byte{1, 2, 3, 4})}}))
+	f.Add(elfgen.Build(0x200000, []elfgen.Segment{
+		{Type: elfgen.PTLoad, Paddr: 0x200000, Data: []byte{0x90, 0xf4}},
+		{Type: elfgen.PTNote, Data: elfgen.Note("Xen", 18, []byte{0, 0, 0x20, 0})},
+	}))
+	// Load has no recover: a panic here is a loader bug. An image it
+	// accepts must be enterable: the entry point is RAM above the VMM's
+	// first MiB, reachable in the entry mode.
+	// testdata/fuzz/FuzzLoad/pvh-entry-outside-ram broke that.
+	// One RAM per worker process, cleared per input: allocating it per input
+	// makes the garbage collector most of the work.
+	ram := make([]byte, 4<<20)
 	f.Fuzz(func(t *testing.T, k []byte) {
-		m := Mem{L: Layout{Below4G: 4 << 20}, B: make([]byte, 4<<20)}
-		_, _ = Load(m, Params{Kernel: k, Initrd: []byte{1}, Cmdline: "x", VCPUs: 1})
+		clear(ram)
+		m := Mem{L: Layout{Below4G: 4 << 20}, B: ram}
+		kind := Probe(k)
+		e, err := Load(m, Params{Kernel: k, Initrd: []byte{1}, Cmdline: "x", VCPUs: 1})
+		if err != nil {
+			return
+		}
+		if e.Kind != kind {
+			t.Fatalf("Probe says %q, Load loaded %q", kind, e.Kind)
+		}
+		if _, err := m.L.Offset(e.RIP, 1); err != nil || e.RIP < HighMemStart {
+			t.Fatalf("%s accepted with entry point %#x outside loaded RAM", e.Kind, e.RIP)
+		}
+		if e.Mode == Protected32 && e.RIP >= FourGiB {
+			t.Fatalf("32-bit entry point %#x", e.RIP)
+		}
 	})
 }

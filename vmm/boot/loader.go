@@ -58,14 +58,7 @@ type Params struct {
 // Load writes the kernel, its boot data and the platform tables into m and
 // returns how to enter it. The format is detected from the image. Malformed
 // images give an error, never a panic or a guest that cannot start.
-func Load(m Mem, p Params) (e *Entry, err error) {
-	defer func() {
-		// debug/elf is hardened, but a loader fed arbitrary files must not
-		// take the process down whatever a parser does.
-		if r := recover(); r != nil {
-			e, err = nil, fmt.Errorf("load kernel: malformed image: %v", r)
-		}
-	}()
+func Load(m Mem, p Params) (*Entry, error) {
 	if len(p.Cmdline) >= CmdlineMax {
 		return nil, fmt.Errorf("load kernel: command line of %d bytes is too long (max %d)", len(p.Cmdline), CmdlineMax-1)
 	}
@@ -116,29 +109,73 @@ const (
 	e820Max       = 128
 )
 
-func loadBzImage(m Mem, p Params) (*Entry, error) {
-	k := p.Kernel
-	le := binary.LittleEndian
-	version := le.Uint16(k[bpVersion:])
-	if version < 0x020c {
-		return nil, fmt.Errorf("load bzImage: boot protocol %d.%02d is too old (2.12+ needed for the 64-bit entry)", version>>8, version&0xff)
+// bzHeaderEnd is the end of the last setup header field the loader reads
+// (init_size, boot protocol 2.10+).
+const bzHeaderEnd = bpInitSize + 4
+
+// startup64 is the offset of the 64-bit entry point in the protected-mode
+// kernel (boot.rst, "64-bit boot protocol").
+const startup64 = 0x200
+
+// setupHeader is what the loader takes from a bzImage's setup header.
+type setupHeader struct {
+	version               uint16
+	xloadFlags            uint16
+	setupSize             int // bytes before the protected-mode kernel
+	initSize              uint32
+	initrdMax, cmdlineMax uint32
+	headerEnd             int // end of the header to copy into boot_params
+}
+
+// parseSetupHeader checks every length and offset the loader relies on
+// before it reads a field, so a malformed image is an error.
+func parseSetupHeader(k []byte) (setupHeader, error) {
+	var h setupHeader
+	if !IsBzImage(k) {
+		return h, errors.New("no boot sector signature and \"HdrS\" setup header")
 	}
-	if le.Uint16(k[bpXLoadFlags:])&0x1 == 0 {
-		return nil, errors.New("load bzImage: kernel has no 64-bit entry point (XLF_KERNEL_64 clear)")
+	if len(k) < bzHeaderEnd {
+		return h, fmt.Errorf("truncated: %d bytes, the setup header alone ends at %d", len(k), bzHeaderEnd)
+	}
+	le := binary.LittleEndian
+	h.version = le.Uint16(k[bpVersion:])
+	if h.version < 0x020c {
+		return h, fmt.Errorf("boot protocol %d.%02d is too old (2.12+ needed for the 64-bit entry)", h.version>>8, h.version&0xff)
+	}
+	h.xloadFlags = le.Uint16(k[bpXLoadFlags:])
+	if h.xloadFlags&0x1 == 0 {
+		return h, errors.New("kernel has no 64-bit entry point (XLF_KERNEL_64 clear)")
 	}
 	setupSects := int(k[bpSetupSects])
 	if setupSects == 0 {
 		setupSects = 4
 	}
-	setupSize := (setupSects + 1) * 512
-	if setupSize >= len(k) {
-		return nil, fmt.Errorf("load bzImage: truncated: %d bytes, setup alone is %d", len(k), setupSize)
+	h.setupSize = (setupSects + 1) * 512
+	if h.setupSize >= len(k) {
+		return h, fmt.Errorf("truncated: %d bytes, setup alone is %d", len(k), h.setupSize)
 	}
-	payload := k[setupSize:]
-	initSize := uint64(le.Uint32(k[bpInitSize:]))
-	if initSize < uint64(len(payload)) {
-		initSize = uint64(len(payload))
+	if n := len(k) - h.setupSize; n <= startup64 {
+		return h, fmt.Errorf("truncated: the protected-mode kernel of %d bytes ends before its 64-bit entry point at %#x", n, startup64)
 	}
+	h.headerEnd = 0x202 + int(k[bpHeaderEnd])
+	if h.headerEnd > h.setupSize {
+		return h, fmt.Errorf("setup header ends at %#x, past the %d-byte setup", h.headerEnd, h.setupSize)
+	}
+	h.initSize = le.Uint32(k[bpInitSize:])
+	h.initrdMax = le.Uint32(k[bpInitrdMax:])
+	h.cmdlineMax = le.Uint32(k[bpCmdlineSize:])
+	return h, nil
+}
+
+func loadBzImage(m Mem, p Params) (*Entry, error) {
+	k := p.Kernel
+	le := binary.LittleEndian
+	h, err := parseSetupHeader(k)
+	if err != nil {
+		return nil, fmt.Errorf("load bzImage: %w", err)
+	}
+	payload := k[h.setupSize:]
+	initSize := max(uint64(h.initSize), uint64(len(payload)))
 	if KernelAddr+initSize > m.L.Below4G {
 		return nil, fmt.Errorf("load bzImage: kernel needs %d MiB from 1 MiB but RAM below 4 GiB ends at %d MiB",
 			initSize>>20, m.L.Below4G>>20)
@@ -147,18 +184,15 @@ func loadBzImage(m Mem, p Params) (*Entry, error) {
 		return nil, fmt.Errorf("load bzImage: %w", err)
 	}
 
+	// The setup header ends at most at 0x202+0xff, inside both the image
+	// (parseSetupHeader) and the 4 KiB zero page.
 	zp := make([]byte, 4096)
-	hdrEnd := 0x202 + int(k[bpHeaderEnd])
-	if hdrEnd > len(zp) || hdrEnd > len(k) {
-		return nil, errors.New("load bzImage: setup header length out of range")
-	}
-	copy(zp[bpSetupSects:hdrEnd], k[bpSetupSects:hdrEnd])
+	copy(zp[bpSetupSects:h.headerEnd], k[bpSetupSects:h.headerEnd])
 	zp[bpTypeLoader] = 0xff
 	zp[bpLoadFlags] |= 0x01 | 0x80 // LOADED_HIGH, CAN_USE_HEAP
 	le.PutUint16(zp[bpHeapEnd:], 0xfe00)
 
-	cmdMax := int(le.Uint32(k[bpCmdlineSize:]))
-	if len(p.Cmdline) > cmdMax {
+	if cmdMax := uint64(h.cmdlineMax); uint64(len(p.Cmdline)) > cmdMax {
 		return nil, fmt.Errorf("load bzImage: command line of %d bytes exceeds the kernel's limit of %d", len(p.Cmdline), cmdMax)
 	}
 	if err := m.Write(CmdlineAddr, append([]byte(p.Cmdline), 0)); err != nil {
@@ -167,7 +201,7 @@ func loadBzImage(m Mem, p Params) (*Entry, error) {
 	le.PutUint32(zp[bpCmdline:], CmdlineAddr)
 
 	if len(p.Initrd) > 0 {
-		limit := uint64(le.Uint32(k[bpInitrdMax:])) + 1
+		limit := uint64(h.initrdMax) + 1
 		if limit > m.L.Below4G || limit == 1 {
 			limit = m.L.Below4G
 		}
@@ -197,7 +231,7 @@ func loadBzImage(m Mem, p Params) (*Entry, error) {
 	if err := m.Write(ZeroPageAddr, zp); err != nil {
 		return nil, err
 	}
-	return &Entry{Kind: KindBzImage, Mode: Long64, RIP: KernelAddr + 0x200, BootRSI: ZeroPageAddr, Linux: true}, nil
+	return &Entry{Kind: KindBzImage, Mode: Long64, RIP: KernelAddr + startup64, BootRSI: ZeroPageAddr, Linux: true}, nil
 }
 
 // xenNotePhys32Entry is XEN_ELFNOTE_PHYS32_ENTRY, the PVH entry note.
@@ -234,7 +268,7 @@ func pvhEntry(f *elf.File, fileSize int) (uint64, bool, error) {
 			if descEnd > uint64(len(data)) {
 				return 0, false, errors.New("ELF note runs past its segment")
 			}
-			name := strings.TrimRight(string(data[12:12+namesz]), "\x00")
+			name := strings.TrimRight(string(data[12:12+uint64(namesz)]), "\x00")
 			if name == "Xen" && typ == xenNotePhys32Entry {
 				desc := data[nameEnd : nameEnd+uint64(descsz)]
 				switch len(desc) {
@@ -266,7 +300,7 @@ func loadELF(m Mem, p Params) (*Entry, error) {
 	if !isPVH && p.VCPUs > MaxELFGuestVCPUs {
 		return nil, fmt.Errorf("load ELF guest: %d vCPUs, at most %d have a stack below %#x", p.VCPUs, MaxELFGuestVCPUs, StackTop)
 	}
-	loaded := 0
+	var loaded []*elf.Prog
 	for _, prog := range f.Progs {
 		if prog.Type != elf.PT_LOAD || prog.Memsz == 0 {
 			continue
@@ -294,16 +328,29 @@ func loadELF(m Mem, p Params) (*Entry, error) {
 		if err := m.Zero(prog.Paddr+prog.Filesz, prog.Memsz-prog.Filesz); err != nil {
 			return nil, err
 		}
-		loaded++
+		loaded = append(loaded, prog)
 	}
-	if loaded == 0 {
+	if len(loaded) == 0 {
 		return nil, errors.New("load ELF: no loadable segments")
 	}
+	// The guest starts on the identity map (ELF guests) or with paging
+	// off (PVH): its entry point is a physical address in what was loaded.
+	inLoaded := func(addr uint64) bool {
+		for _, prog := range loaded {
+			if addr >= prog.Paddr && addr-prog.Paddr < prog.Memsz {
+				return true
+			}
+		}
+		return false
+	}
 	if !isPVH {
-		if _, err := m.L.Offset(f.Entry, 1); err != nil || f.Entry < HighMemStart {
-			return nil, fmt.Errorf("load ELF guest: entry point %#x is not in a loaded RAM area", f.Entry)
+		if !inLoaded(f.Entry) {
+			return nil, fmt.Errorf("load ELF guest: entry point %#x is not in a loaded segment", f.Entry)
 		}
 		return &Entry{Kind: KindELFGuest, Mode: Long64, RIP: f.Entry, AllVCPUs: true}, nil
+	}
+	if pvh >= FourGiB || !inLoaded(pvh) {
+		return nil, fmt.Errorf("load PVH kernel: 32-bit entry point %#x is not in a loaded segment below 4 GiB", pvh)
 	}
 	if err := writePVHInfo(m, p); err != nil {
 		return nil, err
@@ -356,12 +403,7 @@ func writePVHInfo(m Mem, p Params) error {
 }
 
 // Probe tells what kind of image k is, or "" if it is none snapvmm loads.
-func Probe(k []byte) (kind Kind) {
-	defer func() {
-		if recover() != nil {
-			kind = ""
-		}
-	}()
+func Probe(k []byte) Kind {
 	if IsBzImage(k) {
 		return KindBzImage
 	}

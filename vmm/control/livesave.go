@@ -54,39 +54,37 @@ func (m *Monitor) armLiveSave(tag string) (disarm func()) {
 	return g.DisarmLiveSave
 }
 
-// saveLive is the rest of saveSnapshot for a live save: the guest, in
-// save-vm, is captured and resumed (RESUME), its RAM written while it
-// runs, and only then are the snapshots created, on every node at once,
-// before the guest's disk requests go through again: a crash before that
-// leaves no tag. handled is false where a live save cannot be done and
-// nothing changed: the caller saves with the guest paused.
-func (m *Monitor) saveLive(ctx *JobCtx, vs block.Snapshotter, nodes []block.Snapshotter, tag string,
-	progress snapshot.Progress) (handled bool, err error) {
+// saveLive writes the state for a live save: the guest, in save-vm, is
+// captured and resumed (RESUME), and its RAM written while it runs. The
+// caller then creates the snapshots, on every node at once, and only then
+// calls release, which lets the guest's disk requests through again: a
+// crash before that leaves no tag, and the disks keep their content of the
+// capture. date and clock are the capture's. handled is false where a live
+// save cannot be done and nothing changed: the caller saves with the guest
+// paused; release is set whenever handled is.
+func (m *Monitor) saveLive(vs block.Snapshotter, tag string, progress snapshot.Progress) (handled bool,
+	size uint64, date time.Time, clock uint64, release func(), err error) {
 	g, ok := m.guest.(liveSaver)
 	if !ok {
-		return false, nil
+		return false, 0, date, 0, nil, nil
 	}
-	date, clock := time.Now(), m.guest.VMClockNsec()
+	date, clock = time.Now(), m.guest.VMClockNsec()
 	s, err := g.BeginLiveSave(vs, progress)
 	if errors.Is(err, vmm.ErrLiveSaveUnsupported) {
 		g.DisarmLiveSave() // the paused save must not leave RAM protected
 		m.log.Infof("snapshot-save %q: %v: the guest stays paused for the whole save", tag, err)
-		return false, nil
+		return false, 0, date, 0, nil, nil
 	}
 	if err != nil {
-		return true, &Error{Kind: KindSaveState, Err: err}
+		return true, 0, date, 0, func() {}, &Error{Kind: KindSaveState, Err: err}
 	}
-	defer s.Release()
 	if err := m.guest.SetState(vmm.StateRunning); err != nil {
 		_, _ = s.Wait() // the writer ends on its own; the state error is the one to report
-		return true, runState(err)
+		return true, 0, date, 0, s.Release, runState(err)
 	}
-	size, err := s.Wait()
+	size, err = s.Wait()
 	if err != nil {
-		return true, &Error{Kind: KindSaveState, Err: err}
+		return true, 0, date, 0, s.Release, &Error{Kind: KindSaveState, Err: err}
 	}
-	if ctx != nil && ctx.Cancelled() {
-		return true, &Error{Kind: KindCancelled}
-	}
-	return true, createOnAll(nodes, vs, block.Snapshot{Name: tag, Date: date, VMClockNsec: clock, ICount: -1}, size)
+	return true, size, date, clock, s.Release, nil
 }

@@ -230,7 +230,7 @@ func TestCreateFailureKeepsCauseAndRollback(t *testing.T) {
 	cause := errors.New("disk on fire")
 	stuck := errors.New("cannot delete")
 	nodes := []block.Snapshotter{a, failingNode{Snapshotter: b, deleteErr: stuck}, failingNode{Snapshotter: c, createErr: cause}}
-	err := createOnAll(nodes, a, block.Snapshot{Name: "t", ICount: -1}, 0)
+	_, err := createOnAll(nodes, a, block.Snapshot{Name: "t", ICount: -1}, 0)
 	var ce *Error
 	if !errors.As(err, &ce) || ce.Kind != KindCreate || ce.Node != "c" || ce.Tag != "t" {
 		t.Fatalf("error %#v", err)

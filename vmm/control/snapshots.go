@@ -140,6 +140,40 @@ func (m *Monitor) saveSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 			}
 		}
 	}()
+	progress := func(done, total uint64) {
+		if ctx != nil {
+			ctx.Progress(done, total)
+		}
+	}
+	// The state is written before an overwritten snapshot is deleted: it
+	// may be the base an incremental save shares RAM with (the vmstate
+	// being written holds its own references, so the delete frees nothing
+	// the new snapshot uses).
+	var size uint64
+	var date time.Time
+	var clock uint64
+	live := false
+	if wasRunning && m.saveMode == SaveLive {
+		var release func()
+		live, size, date, clock, release, err = m.saveLive(vs, tag, progress)
+		if live {
+			// The disks are held until their snapshots exist.
+			defer release()
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if !live {
+		size, err = m.guest.SaveStateTo(vs, progress)
+		if err != nil {
+			return &Error{Kind: KindSaveState, Err: err}
+		}
+		date, clock = time.Now(), m.guest.VMClockNsec()
+	}
+	if ctx != nil && ctx.Cancelled() {
+		return &Error{Kind: KindCancelled}
+	}
 	if overwrite {
 		for _, n := range writable(nodes) {
 			if _, ok := n.FindSnapshot(tag); ok {
@@ -150,49 +184,53 @@ func (m *Monitor) saveSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 			}
 		}
 	}
-	progress := func(done, total uint64) {
-		if ctx != nil {
-			ctx.Progress(done, total)
-		}
-	}
-	if wasRunning && m.saveMode == SaveLive {
-		if handled, err := m.saveLive(ctx, vs, writable(nodes), tag, progress); handled {
-			return err
-		}
-	}
-	size, err := m.guest.SaveStateTo(vs, progress)
+	made, err := createOnAll(writable(nodes), vs, block.Snapshot{Name: tag, Date: date,
+		VMClockNsec: clock, ICount: -1}, size)
 	if err != nil {
-		return &Error{Kind: KindSaveState, Err: err}
+		return err
 	}
-	if ctx != nil && ctx.Cancelled() {
-		return &Error{Kind: KindCancelled}
+	if b, ok := m.guest.(ramBaser); ok {
+		b.RAMSavedAs(vs, made.ID)
 	}
-	return createOnAll(writable(nodes), vs, block.Snapshot{Name: tag, Date: time.Now(),
-		VMClockNsec: m.guest.VMClockNsec(), ICount: -1}, size)
+	return nil
+}
+
+// ramBaser is a guest that saves incrementally: it is told which snapshot
+// its RAM equals after a save or a load, by id (a tag may also be another
+// snapshot's id), so that its next save shares what did not change.
+type ramBaser interface {
+	RAMSavedAs(node block.Snapshotter, id string)
+	RAMLoadedFrom(node block.Snapshotter, id string)
 }
 
 // createOnAll creates the snapshot on every node, the VM state size on the
-// vmstate node only. If one node fails, the snapshots already made are
-// deleted again; the error keeps the cause and every failed rollback.
-func createOnAll(nodes []block.Snapshotter, vs block.Snapshotter, sn block.Snapshot, size uint64) error {
+// vmstate node only, and returns the vmstate node's. If one node fails,
+// the snapshots already made are deleted again; the error keeps the cause
+// and every failed rollback.
+func createOnAll(nodes []block.Snapshotter, vs block.Snapshotter, sn block.Snapshot, size uint64) (block.Snapshot, error) {
 	var made []block.Snapshotter
+	var out block.Snapshot
 	for _, n := range nodes {
 		s := sn
 		if n == vs {
 			s.VMStateSize = size
 		}
-		if _, err := n.CreateSnapshot(s); err != nil {
+		got, err := n.CreateSnapshot(s)
+		if n == vs {
+			out = got
+		}
+		if err != nil {
 			errs := []error{err}
 			for _, c := range made {
 				if derr := c.DeleteSnapshot(sn.Name); derr != nil {
 					errs = append(errs, fmt.Errorf("rollback: delete snapshot %q on %q: %w", sn.Name, c.Name(), derr))
 				}
 			}
-			return &Error{Kind: KindCreate, Tag: sn.Name, Node: n.Name(), Err: errors.Join(errs...)}
+			return block.Snapshot{}, &Error{Kind: KindCreate, Tag: sn.Name, Node: n.Name(), Err: errors.Join(errs...)}
 		}
 		made = append(made, n)
 	}
-	return nil
+	return out, nil
 }
 
 // loadSnapshot is QEMU's load_snapshot: a running VM goes to restore-vm
@@ -253,6 +291,9 @@ func (m *Monitor) loadSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 	}
 	if ctx != nil {
 		ctx.Progress(sn.VMStateSize, sn.VMStateSize)
+	}
+	if b, ok := m.guest.(ramBaser); ok {
+		b.RAMLoadedFrom(vs, sn.ID)
 	}
 	if wasRunning {
 		return runState(m.guest.SetState(vmm.StateRunning))

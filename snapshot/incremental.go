@@ -1,0 +1,209 @@
+package snapshot
+
+import (
+	"encoding/json"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"sync"
+)
+
+// Incremental lets Save share RAM with the stream of an earlier save of
+// the same machine (its base): RAM granules with no page changed since
+// the base are not written but shared from it (Share), and chunks with no
+// change take the base's index entry. The new stream is nonetheless
+// complete and byte for byte the one a full save would write; how it is
+// stored is the target's business. Save falls back to a full save, saying
+// why in Result, where the base does not fit (another format, RAM size or
+// layout, or the sections moved ram_base).
+type Incremental struct {
+	// Base reads the base stream of BaseSize bytes.
+	Base     io.ReaderAt
+	BaseSize uint64
+	// Dirty has bit p%64 of word p/64 set when page p of RAM (in RAM()
+	// order) may differ from the base. A set bit costs a write at most; a
+	// clear bit on a changed page loses data, so it must be a superset.
+	Dirty []uint64
+	// Prepare replaces SaveOptions.Prepare when the base is used: the
+	// target is made to read as zeros without reserving space for the
+	// whole stream.
+	Prepare func(size uint64) error
+	// Share makes [off, off+n) of the new stream the base's bytes there;
+	// off is a multiple of the write granule.
+	Share func(off, n uint64) error
+	// Result is filled by Save.
+	Result IncrementalResult
+}
+
+// IncrementalResult says what an incremental save did.
+type IncrementalResult struct {
+	Used    bool   // the base was used
+	Reason  string // why not, when not
+	Written uint64 // RAM bytes written
+	Shared  uint64 // RAM bytes shared with the base
+}
+
+// incSave is a save that shares with a checked base.
+type incSave struct {
+	in   *Incremental
+	base *ramSource
+	mu   sync.Mutex // guards in.Result during the save
+}
+
+// matchBase checks that the base stream has this plan's RAM layout.
+func (p *plan) matchBase(in *Incremental) (*incSave, error) {
+	ps, err := parse(in.Base, in.BaseSize)
+	if err != nil {
+		return nil, fmt.Errorf("read the base stream: %w", err)
+	}
+	if ps.major != MajorVersion {
+		return nil, fmt.Errorf("the base stream is format %d", ps.major)
+	}
+	ms, rs := ps.sections[SecMachine], ps.sections[SecRAM]
+	if ms == nil || rs == nil || rs.version != verRAM {
+		return nil, fmt.Errorf("the base stream has no machine section or no version %d RAM index", verRAM)
+	}
+	var got, want Fingerprint
+	if err := json.Unmarshal(ms.data, &got); err != nil {
+		return nil, fmt.Errorf("the base's machine section: %w", err)
+	}
+	if err := json.Unmarshal(p.secs[0].data, &want); err != nil {
+		return nil, err
+	}
+	if got.RAMBelow4G != want.RAMBelow4G || got.RAMAbove4G != want.RAMAbove4G {
+		return nil, fmt.Errorf("RAM layout changed (%d+%d bytes in the base, %d+%d now)",
+			got.RAMBelow4G, got.RAMAbove4G, want.RAMBelow4G, want.RAMAbove4G)
+	}
+	src, err := newRAMSource(in.Base, rs.data, uint64(len(p.ram)), ps.end, in.BaseSize)
+	if err != nil {
+		return nil, fmt.Errorf("the base's RAM index: %w", err)
+	}
+	if src.base != p.ramBase || src.chunkSize != ChunkSize || len(src.index) != p.chunks || in.BaseSize != p.size() {
+		return nil, fmt.Errorf("RAM lies elsewhere in the base stream (at %d in %d bytes, %d now in %d)",
+			src.base, in.BaseSize, p.ramBase, p.size())
+	}
+	if pages := uint64(len(p.ram)) / PageSize; uint64(len(in.Dirty))*64 < pages {
+		return nil, fmt.Errorf("dirty bitmap covers %d pages of %d", len(in.Dirty)*64, pages)
+	}
+	return &incSave{in: in, base: src}, nil
+}
+
+// dirty reports whether any of n pages from page p changed.
+func (s *incSave) dirty(p, n uint64) bool {
+	d := s.in.Dirty
+	for ; n > 0 && p%64 != 0; p, n = p+1, n-1 {
+		if d[p/64]&(1<<(p%64)) != 0 {
+			return true
+		}
+	}
+	for ; n >= 64; p, n = p+64, n-64 {
+		if d[p/64] != 0 {
+			return true
+		}
+	}
+	for ; n > 0; p, n = p+1, n-1 {
+		if d[p/64]&(1<<(p%64)) != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// saveChunk writes RAM chunk i of p, whose bytes are c: an unchanged chunk is shared whole
+// and keeps the base's index entry; in a changed one, unchanged granules
+// are shared, changed ones written unless all zeros, and the chunk's CRC
+// computed from RAM.
+func (s *incSave) saveChunk(p *plan, i int, c []byte, g uint64, w io.WriterAt, index []ramIndexEntry) (written, shared uint64, err error) {
+	base := p.ramBase + uint64(i)*ChunkSize
+	first := uint64(i) * ChunkSize / PageSize
+	if !s.dirty(first, uint64(len(c))/PageSize) {
+		index[i] = s.base.index[i]
+		if err := s.in.Share(base, uint64(len(c))); err != nil {
+			return 0, 0, fmt.Errorf("share RAM chunk %d with the base: %w", i, err)
+		}
+		return 0, uint64(len(c)), nil
+	}
+	// Runs of clean granules are shared in one call each.
+	run := uint64(0) // clean bytes before off not shared yet
+	flush := func(off uint64) error {
+		if run == 0 {
+			return nil
+		}
+		if err := s.in.Share(base+off-run, run); err != nil {
+			return fmt.Errorf("share RAM at stream offset %d with the base: %w", base+off-run, err)
+		}
+		shared, run = shared+run, 0
+		return nil
+	}
+	for off := uint64(0); off < uint64(len(c)); off += g {
+		gr := c[off:min(off+g, uint64(len(c)))]
+		if !s.dirty(first+off/PageSize, (uint64(len(gr))+PageSize-1)/PageSize) {
+			run += uint64(len(gr))
+			continue
+		}
+		if err := flush(off); err != nil {
+			return 0, 0, err
+		}
+		if isZero(gr) {
+			continue // reads as zeros: Prepare left the new area empty
+		}
+		if _, err := w.WriteAt(gr, int64(base+off)); err != nil {
+			return 0, 0, fmt.Errorf("write RAM chunk %d at stream offset %d: %w", i, base+off, err)
+		}
+		written += uint64(len(gr))
+	}
+	if err := flush(uint64(len(c))); err != nil {
+		return 0, 0, err
+	}
+	// Only a chunk whose CRC is that of zeros can be all zeros: the clean
+	// granules are not read.
+	crc, err := s.chunkCRC(i, c, g)
+	if err != nil {
+		return 0, 0, err
+	}
+	index[i] = ramIndexEntry{crc: crc, zero: crc == zeroCRC(uint64(len(c))) && isZero(c)}
+	return written, shared, nil
+}
+
+var zeroCRCs sync.Map // length -> CRC32C of that many zero bytes
+
+// zeroCRC is the CRC32C of n zero bytes.
+func zeroCRC(n uint64) uint32 {
+	if v, ok := zeroCRCs.Load(n); ok {
+		return v.(uint32)
+	}
+	crc := crc32.Checksum(make([]byte, n), castagnoli)
+	zeroCRCs.Store(n, crc)
+	return crc
+}
+
+// incremental decides between an incremental and a full save and returns
+// the Prepare function to call.
+func (p *plan) incremental(opts SaveOptions) (*incSave, func(uint64) error) {
+	in := opts.Incremental
+	if in == nil {
+		return nil, opts.Prepare
+	}
+	in.Result = IncrementalResult{}
+	s, err := p.matchBase(in)
+	if err != nil {
+		in.Result.Reason = err.Error()
+		return nil, opts.Prepare
+	}
+	in.Result.Used = true
+	return s, in.Prepare
+}
+
+// chunk is saveChunk with the result and progress accounted.
+func (s *incSave) chunk(p *plan, i int, c []byte, g uint64, w io.WriterAt, index []ramIndexEntry, report func(uint64)) error {
+	wr, sh, err := s.saveChunk(p, i, c, g, w, index)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.in.Result.Written += wr
+	s.in.Result.Shared += sh
+	s.mu.Unlock()
+	report(uint64(len(c)))
+	return nil
+}

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
+
+// Keys reach the machine unchanged; only snapvmm's own Ctrl-a x (not a
+// Ctrl-a Ctrl-a followed by x, which types Ctrl-a and x) signals quit.
+func TestForwardKeysWatchesCtrlAX(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		quit bool
+	}{
+		{"uname -a\r\x03", false},
+		{"a\x01\x01x", false},
+		{"a\x01hx", false},
+		{"ls\r\x01x", true},
+	} {
+		var out bytes.Buffer
+		quit := make(chan struct{}, 1)
+		forwardKeys(strings.NewReader(tc.in), nopCloser{&out}, quit)
+		if out.String() != tc.in {
+			t.Errorf("%q forwarded as %q", tc.in, out.String())
+		}
+		if got := len(quit) == 1; got != tc.quit {
+			t.Errorf("%q: quit %v, want %v", tc.in, got, tc.quit)
+		}
+	}
+}
+
+func TestMachineStatus(t *testing.T) {
+	status := func(script string) (int, error) {
+		c := exec.Command("sh", "-c", script)
+		err := c.Run()
+		return machineStatus(c.ProcessState, err)
+	}
+	// isa-debug-exit: QEMU exits with 2*status+1.
+	for qemu, want := range map[string]int{"exit 1": 0, "exit 3": 1, "exit 5": 2} {
+		if got, err := status(qemu); got != want || err != nil {
+			t.Errorf("%s: %d %v, want %d", qemu, got, err, want)
+		}
+	}
+	if got, err := status("exit 0"); got != 1 || err == nil || !strings.Contains(err.Error(), "before snapvmm reported") {
+		t.Errorf("a machine that stopped without reporting: %d %v", got, err)
+	}
+	if got, err := status("kill -TERM $$"); got != 1 || err == nil {
+		t.Errorf("QEMU killed: %d %v", got, err)
+	}
+}
+
+// catchesSIGINT tells a process that handles SIGINT (make, until it gets
+// one) from one that does not.
+func TestCatchesSIGINT(t *testing.T) {
+	for script, want := range map[string]bool{"trap : INT; sleep 30 & wait": true, "exec sleep 30": false} {
+		c := exec.Command("sh", "-c", script)
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Wait until sh has set its trap, or has become sleep.
+		got := false
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c.Process.Pid))
+			if got = catchesSIGINT(c.Process.Pid); got || string(comm) == "sleep\n" {
+				break
+			}
+		}
+		c.Process.Kill()
+		c.Wait()
+		if got != want {
+			t.Errorf("%q: catches SIGINT %v, want %v", script, got, want)
+		}
+	}
+	if catchesSIGINT(-1) {
+		t.Error("a process that does not exist")
+	}
+}
+
+func TestInteractiveInit(t *testing.T) {
+	pinCPU = true
+	defer func() { pinCPU = false }()
+	s := string(interactiveInit("512M", 2))
+	for _, want := range []string{
+		initPrologue,
+		"insmod /mod/e1000.ko",
+		"taskset -c 0 snapvmm run --kernel build/guest/bzImage --initrd build/guest/initramfs.cpio",
+		"--memory 512M --cpus 2",
+		"--qmp tcp:10.0.2.15:4444",
+		`printf "\\$(printf %o $rc)" | dd of=/dev/port bs=1 seek=244 count=1`,
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("/init lacks %q:\n%s", want, s)
+		}
+	}
+	if _, err := os.Stat("/bin/sh"); err == nil {
+		if out, err := exec.Command("sh", "-n", "-c", s).CombinedOutput(); err != nil {
+			t.Errorf("/init is not valid sh: %v %s", err, out)
+		}
+	}
+}
