@@ -194,3 +194,27 @@ func TestLiveSaveWithoutWriteProtectionIsTorn(t *testing.T) {
 	}
 	t.Logf("unprotected live save: %s", got)
 }
+
+// TestLiveSaveIncremental saves the scribbler live twice in a row, each
+// snapshot made the RAM base as the control plane does: the second save
+// shares with the first, and what the guest wrote while the first one
+// copied RAM is written again, not shared from it (the scribbler checks
+// all of RAM against its registers after the load).
+func TestLiveSaveIncremental(t *testing.T) {
+	vm, out, q := scribblerVM(t)
+	for round, tag := range []string{"inc1", "inc2"} {
+		liveSave(t, vm, q, tag, round == 1, liveOptions{})
+		sn, ok := q.FindSnapshot(tag)
+		if !ok {
+			t.Fatalf("no snapshot %s", tag)
+		}
+		vm.RAMSavedAs(q, sn.ID)
+	}
+	if res := vm.LastSave(); !res.Used || res.Shared == 0 {
+		t.Fatalf("second live save: %+v, want it to share RAM with the first", res)
+	}
+	t.Logf("second live save: %+v", vm.LastSave())
+	if got := loadAndCheck(t, vm, out, q, "inc2"); got[:len("scribbler OK")] != "scribbler OK" {
+		t.Fatalf("incremental live save: %s", got)
+	}
+}
