@@ -56,6 +56,12 @@ func TestBlkGuestSnapshotRevertsDiskAndRAM(t *testing.T) {
 	if err := vm.Resume(); err != nil {
 		t.Fatal(err)
 	}
+	populated := make(chan struct{}, 1)
+	mon.Subscribe(func(e control.Event) {
+		if e.Kind == control.EventRAMPopulated {
+			populated <- struct{}{}
+		}
+	})
 	start, err = mon.SnapshotLoad("l", "saved", "disk0", []string{"disk0"})
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +69,17 @@ func TestBlkGuestSnapshotRevertsDiskAndRAM(t *testing.T) {
 	start()
 	if j, _ := mon.Jobs().Wait("l"); j.Err != nil {
 		t.Fatalf("load: %v", j.Err)
+	}
+	// A lazy load is still filling RAM: this goroutine must not read guest
+	// RAM in bulk before it is complete (a goroutine faulting inside a bulk
+	// compare cannot be preempted, and with one CPU the loaders then never
+	// run: docs/lazy-load.md).
+	if ok, _ := vmm.LazyRAMSupported(); ok {
+		select {
+		case <-populated:
+		case <-time.After(60 * time.Second):
+			t.Fatal("the lazy load never reported guest RAM complete")
+		}
 	}
 	got := make([]byte, 512)
 	if _, err := d.Node.ReadAt(got, vmm.BlkSector*512); err != nil || !bytes.Equal(got, vmm.BlkPattern()) {
