@@ -89,14 +89,18 @@ func (r *lazyRig) mustJob(kind, tag string) {
 	}
 }
 
-// waitEvent waits for an event of kind about tag.
+// waitEvent waits for an event of kind about tag that no earlier wait
+// took.
 func (r *lazyRig) waitEvent(kind control.EventKind, tag string) control.Event {
 	r.t.Helper()
 	deadline := time.Now().Add(testutil.Scaled(60 * time.Second))
 	for time.Now().Before(deadline) {
 		r.mu.Lock()
-		for _, e := range r.events {
+		for i, e := range r.events {
 			if e.Kind == kind && e.Tag == tag {
+				// Taken: a later wait for the same tag needs a new event
+				// (an old one would let the test read RAM still loading).
+				r.events = append(r.events[:i], r.events[i+1:]...)
 				r.mu.Unlock()
 				return e
 			}
