@@ -56,6 +56,19 @@ func newLazyRig(t *testing.T, guest string, mem uint64) *lazyRig {
 	return r
 }
 
+// newFilledRig runs the fill guest (128 MiB) until it has filled its RAM
+// and saves it as snapshot "a".
+func newFilledRig(t *testing.T) *lazyRig {
+	t.Helper()
+	r := newLazyRig(t, "fill", 128<<20)
+	if err := r.vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	r.out.WaitFor(t, "fill ready\n", testutil.Scaled(60*time.Second))
+	r.mustJob("save", "a")
+	return r
+}
+
 // job runs one snapshot job to its end and returns its error.
 func (r *lazyRig) job(kind, tag string) error {
 	r.t.Helper()
@@ -164,12 +177,7 @@ func firstDiff(a, b []byte) int {
 // snapshot-load, once the populated event came, is exactly what was saved;
 // the job concluded with the guest running before that.
 func TestLazySnapshotLoadFillGuest(t *testing.T) {
-	r := newLazyRig(t, "fill", 128<<20)
-	if err := r.vm.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	r.out.WaitFor(t, "fill ready\n", testutil.Scaled(60*time.Second))
-	r.mustJob("save", "a")
+	r := newFilledRig(t)
 	saved := r.ram()
 	r.scribble(0x5a)
 	r.mustJob("load", "a")
@@ -188,12 +196,7 @@ func TestLazySnapshotLoadFillGuest(t *testing.T) {
 // first still populates replaces it. RAM is as saved either way, and the
 // image stays clean.
 func TestLazyLoadThenDeleteOrLoadAgain(t *testing.T) {
-	r := newLazyRig(t, "fill", 128<<20)
-	if err := r.vm.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	r.out.WaitFor(t, "fill ready\n", testutil.Scaled(60*time.Second))
-	r.mustJob("save", "a")
+	r := newFilledRig(t)
 	savedA := r.ram()
 	r.scribble(0x11)
 	r.mustJob("save", "b")
@@ -230,12 +233,7 @@ func TestLazyLoadThenDeleteOrLoadAgain(t *testing.T) {
 // the node, the tag and the chunk, and the load itself changes nothing in
 // the image.
 func TestLazyLoadCorruptChunk(t *testing.T) {
-	r := newLazyRig(t, "fill", 128<<20)
-	if err := r.vm.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	r.out.WaitFor(t, "fill ready\n", testutil.Scaled(60*time.Second))
-	r.mustJob("save", "a")
+	r := newFilledRig(t)
 	saved := r.ram()
 	// A page of the fill guest's random data is unique in the image.
 	var page []byte
