@@ -56,6 +56,19 @@ func newLazyRig(t *testing.T, guest string, mem uint64) *lazyRig {
 	return r
 }
 
+// newFilledRig runs the fill guest (128 MiB) until it has filled its RAM
+// and saves it as snapshot "a".
+func newFilledRig(t *testing.T) *lazyRig {
+	t.Helper()
+	r := newLazyRig(t, "fill", 128<<20)
+	if err := r.vm.Start(false); err != nil {
+		t.Fatal(err)
+	}
+	r.out.WaitFor(t, "fill ready\n", testutil.Scaled(60*time.Second))
+	r.mustJob("save", "a")
+	return r
+}
+
 // job runs one snapshot job to its end and returns its error.
 func (r *lazyRig) job(kind, tag string) error {
 	r.t.Helper()
@@ -89,14 +102,18 @@ func (r *lazyRig) mustJob(kind, tag string) {
 	}
 }
 
-// waitEvent waits for an event of kind about tag.
+// waitEvent waits for an event of kind about tag that no earlier wait
+// took.
 func (r *lazyRig) waitEvent(kind control.EventKind, tag string) control.Event {
 	r.t.Helper()
 	deadline := time.Now().Add(testutil.Scaled(60 * time.Second))
 	for time.Now().Before(deadline) {
 		r.mu.Lock()
-		for _, e := range r.events {
+		for i, e := range r.events {
 			if e.Kind == kind && e.Tag == tag {
+				// Taken: a later wait for the same tag needs a new event
+				// (an old one would let the test read RAM still loading).
+				r.events = append(r.events[:i], r.events[i+1:]...)
 				r.mu.Unlock()
 				return e
 			}
@@ -160,12 +177,7 @@ func firstDiff(a, b []byte) int {
 // snapshot-load, once the populated event came, is exactly what was saved;
 // the job concluded with the guest running before that.
 func TestLazySnapshotLoadFillGuest(t *testing.T) {
-	r := newLazyRig(t, "fill", 128<<20)
-	if err := r.vm.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	r.out.WaitFor(t, "fill ready\n", testutil.Scaled(60*time.Second))
-	r.mustJob("save", "a")
+	r := newFilledRig(t)
 	saved := r.ram()
 	r.scribble(0x5a)
 	r.mustJob("load", "a")
@@ -184,12 +196,7 @@ func TestLazySnapshotLoadFillGuest(t *testing.T) {
 // first still populates replaces it. RAM is as saved either way, and the
 // image stays clean.
 func TestLazyLoadThenDeleteOrLoadAgain(t *testing.T) {
-	r := newLazyRig(t, "fill", 128<<20)
-	if err := r.vm.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	r.out.WaitFor(t, "fill ready\n", testutil.Scaled(60*time.Second))
-	r.mustJob("save", "a")
+	r := newFilledRig(t)
 	savedA := r.ram()
 	r.scribble(0x11)
 	r.mustJob("save", "b")
@@ -226,12 +233,7 @@ func TestLazyLoadThenDeleteOrLoadAgain(t *testing.T) {
 // the node, the tag and the chunk, and the load itself changes nothing in
 // the image.
 func TestLazyLoadCorruptChunk(t *testing.T) {
-	r := newLazyRig(t, "fill", 128<<20)
-	if err := r.vm.Start(false); err != nil {
-		t.Fatal(err)
-	}
-	r.out.WaitFor(t, "fill ready\n", testutil.Scaled(60*time.Second))
-	r.mustJob("save", "a")
+	r := newFilledRig(t)
 	saved := r.ram()
 	// A page of the fill guest's random data is unique in the image.
 	var page []byte
@@ -312,8 +314,9 @@ func TestLazyLoadTimerAndCounter(t *testing.T) {
 			}
 			r.out.WaitAtLeast(t, addr, savedVal+40, testutil.Scaled(60*time.Second))
 			r.mustJob("load", "s")
-			r.out.WaitAtLeast(t, addr, savedVal+20, testutil.Scaled(60*time.Second))
+			// RAM complete before this goroutine reads it (docs/lazy-load.md).
 			r.waitEvent(control.EventRAMPopulated, "s")
+			r.out.WaitAtLeast(t, addr, savedVal+20, testutil.Scaled(60*time.Second))
 			r.check()
 		})
 	}
