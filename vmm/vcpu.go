@@ -18,7 +18,10 @@ func (vm *VM) runVCPU(c *kvm.VCPU, ready chan<- error) {
 	defer runtime.UnlockOSThread()
 	c.BindThread()
 	defer vm.vcpuExited()
-	err := vm.setupVCPU(c)
+	err := vm.pinThread(c)
+	if err == nil {
+		err = vm.setupVCPU(c)
+	}
 	if err == nil {
 		// The state before the first KVM_RUN is what a reset restores;
 		// without it only resets are refused.

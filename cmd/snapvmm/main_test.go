@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -23,6 +24,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"run", "--kernel", notKernel, "--serial", "tcp:1"},
 		{"run", "--bogus"},
 		{"run", "--kernel", "../../testdata/guests/hello", "--save-mode", "lazy"}, // refused before the VM is built
+		{"run", "--kernel", "../../testdata/guests/hello", "--cpu-affinity", "3-1"},
+		{"run", "--kernel", "../../testdata/guests/hello", "--cpu-affinity", "65000"}, // no such CPU here
 		{"img", "create", "-f", "vmdk", filepath.Join(dir, "x"), "1M"},
 		{"img", "snapshot", filepath.Join(dir, "x")},
 		{"nosuchcommand"},
@@ -42,6 +45,19 @@ func TestParseSize(t *testing.T) {
 	for _, bad := range []string{"", "M", "-1", "0", "1.5G", "99999999999999999999T"} {
 		if _, err := parseSize(bad); err == nil {
 			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}
+
+func TestParseCPUList(t *testing.T) {
+	for in, want := range map[string][]int{"": nil, "1": {1}, "0-3,6": {0, 1, 2, 3, 6}, " 2 , 2-3": {2, 3}} {
+		if got, err := parseCPUList(in); err != nil || !slices.Equal(got, want) {
+			t.Errorf("parseCPUList(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"a", "1-", "-1", "3-1", "1,,2", "70000"} {
+		if _, err := parseCPUList(bad); err == nil {
+			t.Errorf("parseCPUList(%q) accepted", bad)
 		}
 	}
 }

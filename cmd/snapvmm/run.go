@@ -32,6 +32,7 @@ type runOpts struct {
 	loadvm                     string
 	loadMode                   string
 	saveMode                   string
+	cpuAffinity                string
 }
 
 func newRunCmd() *cobra.Command {
@@ -74,6 +75,8 @@ Examples:
 	f.StringVar(&o.appendLine, "append", "console=ttyS0", "kernel command line")
 	f.StringVar(&o.memory, "memory", "256M", "guest RAM, with an optional K, M, G suffix (bare number: MiB)")
 	f.IntVar(&o.cpus, "cpus", 1, "number of vCPUs")
+	f.StringVar(&o.cpuAffinity, "cpu-affinity", "", "host CPUs the vCPU threads may run on, as a list like 2-3 or 1,4\n"+
+		"(default: any); keeps the vCPUs off the CPUs left to snapvmm's own work, such as a live save's writers")
 	f.StringVar(&o.serial, "serial", "stdio", "where the serial console goes: stdio, file:PATH or none")
 	f.BoolVar(&o.paused, "paused", false, "create the VM but do not start the vCPUs (like QEMU -S)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: error, warn, info, debug, trace")
@@ -115,6 +118,10 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 	}
 	if o.cpus < 1 {
 		return usagef("--cpus %d: at least 1", o.cpus)
+	}
+	affinity, err := parseCPUList(o.cpuAffinity)
+	if err != nil {
+		return usagef("--cpu-affinity: %v", err)
 	}
 	kernel, err := os.ReadFile(o.kernel)
 	if err != nil {
@@ -165,7 +172,7 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 
 	vm, err := vmm.New(vmm.Config{
 		Kernel: kernel, Initrd: initrd, Cmdline: o.appendLine, Memory: mem, VCPUs: o.cpus,
-		Serial: serialOut, Disks: disks, PVMWorkarounds: !o.noPVMWorkarounds, Log: log,
+		Serial: serialOut, Disks: disks, PVMWorkarounds: !o.noPVMWorkarounds, VCPUAffinity: affinity, Log: log,
 	})
 	if err != nil {
 		if errors.Is(err, vmm.ErrBadConfig) {

@@ -41,3 +41,32 @@ func parseSize(s string) (uint64, error) {
 	}
 	return v * mult, nil
 }
+
+// parseCPUList reads a CPU list the way Linux's cpulist files and taskset
+// -c write it ("0-3,6"); empty means none.
+func parseCPUList(s string) ([]int, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	const most = 1 << 16
+	seen := map[int]bool{}
+	var out []int
+	for _, part := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
+		a, err := strconv.Atoi(lo)
+		b := a
+		if err == nil && isRange {
+			b, err = strconv.Atoi(hi)
+		}
+		if err != nil || a < 0 || b < a || b >= most {
+			return nil, fmt.Errorf("CPU list %q: %q is not a CPU number or a range like 2-5", s, part)
+		}
+		for c := a; c <= b; c++ {
+			if !seen[c] {
+				seen[c] = true
+				out = append(out, c)
+			}
+		}
+	}
+	return out, nil
+}

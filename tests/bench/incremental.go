@@ -112,7 +112,8 @@ func runIncremental(dir, bin, guest string, s incScenario) (incFigures, error) {
 	}
 	defer console.Close()
 	cmd := exec.Command(bin, "run", "--kernel", g, "--memory", strconv.FormatUint(s.RAM>>20, 10)+"M",
-		"--serial", "stdio", "--drive", "file="+img+",node-name=disk0,if=none", "--qmp", "unix:"+sock, "--log-level", "error")
+		"--serial", "stdio", "--drive", "file="+img+",node-name=disk0,if=none", "--qmp", "unix:"+sock, "--log-level", "error",
+		"--cpu-affinity", vcpuAffinity)
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = console, &stderr
 	stdin, err := cmd.StdinPipe()

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -65,6 +66,28 @@ type result struct {
 // others save live, the default), QEMU.
 var vmms = []string{"snapvmm", "snapvmm-eager", "snapvmm-paused", "qemu"}
 
+// vcpuAffinity is -cpu-affinity.
+var vcpuAffinity string
+
+// chooseVMMs checks a -vmms list against the known columns and keeps
+// their order.
+func chooseVMMs(list string) ([]string, error) {
+	want := map[string]bool{}
+	for _, v := range strings.Split(list, ",") {
+		if !slices.Contains(vmms, v) {
+			return nil, fmt.Errorf("-vmms: unknown column %q (known: %s)", v, strings.Join(vmms, ", "))
+		}
+		want[v] = true
+	}
+	var out []string
+	for _, v := range vmms {
+		if want[v] {
+			out = append(out, v)
+		}
+	}
+	return out, nil
+}
+
 type limits struct {
 	WriteBytesPerSec  float64 `json:"write_bytes_per_sec"`
 	MemcpyBytesPerSec float64 `json:"memcpy_bytes_per_sec"`
@@ -78,7 +101,13 @@ func main() {
 	qemu := flag.String("qemu", "qemu-system-x86_64", "QEMU binary")
 	guest := flag.String("guest", "testdata/guests/fill", "fill guest ELF")
 	incRAM := flag.String("incremental", "256M,1G", "RAM sizes of the incremental-save runs (comma-separated; empty: none)")
+	only := flag.String("vmms", strings.Join(vmms, ","), "the columns to measure (comma-separated, of "+strings.Join(vmms, ", ")+")")
+	flag.StringVar(&vcpuAffinity, "cpu-affinity", "", "snapvmm's --cpu-affinity for its vCPU threads (empty: none)")
 	flag.Parse()
+	chosen, err := chooseVMMs(*only)
+	if err != nil {
+		fail(err)
+	}
 	dir, err := os.MkdirTemp("", "snapvmm-bench-")
 	if err != nil {
 		fail(err)
@@ -97,7 +126,7 @@ func main() {
 	lim := measureLimits(dir)
 	var results []result
 	for _, s := range scenarios {
-		for _, vmm := range vmms {
+		for _, vmm := range chosen {
 			r := result{Scenario: s, VMM: vmm}
 			var all []figures
 			for i := 0; i < *runs; i++ {
@@ -240,7 +269,7 @@ func runSnapvmm(dir, bin, guest string, s scenario, loadMode, saveMode string) (
 	// RAM by writing to it, and reads the answers.
 	cmd := exec.Command(bin, "run", "--kernel", g, "--memory", strconv.FormatUint(s.RAM>>20, 10)+"M",
 		"--serial", "stdio", "--drive", "file="+img+",node-name=disk0,if=none", "--qmp", "unix:"+sock,
-		"--load-mode", loadMode, "--save-mode", saveMode, "--log-level", "error")
+		"--load-mode", loadMode, "--save-mode", saveMode, "--log-level", "error", "--cpu-affinity", vcpuAffinity)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	con := &console{}
