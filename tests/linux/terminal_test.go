@@ -253,8 +253,28 @@ func TestTerminalMakeRun(t *testing.T) {
 	if rc := term.waitExit(time.Minute); rc != 0 {
 		t.Fatalf("make run after Ctrl-a x: exit status %d", rc)
 	}
+	term.checkBlocking()
 	if after := term.stty(); after != before {
 		t.Fatalf("terminal settings not restored:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+// checkBlocking fails the test where the terminal was left non-blocking
+// (QEMU's stdio chardev sets O_NONBLOCK on its stdout): the shell's next
+// reads would fail with EAGAIN. exec made it blocking when make started;
+// called before stty, whose exec would make it blocking again.
+func (term *terminal) checkBlocking() {
+	term.t.Helper()
+	rc, err := term.slave.SyscallConn()
+	if err != nil {
+		term.t.Fatal(err)
+	}
+	fl := 0
+	if cerr := rc.Control(func(fd uintptr) { fl, err = unix.FcntlInt(fd, unix.F_GETFL, 0) }); cerr != nil || err != nil {
+		term.t.Fatalf("F_GETFL of the terminal: %v %v", cerr, err)
+	}
+	if fl&unix.O_NONBLOCK != 0 {
+		term.t.Fatal("make run left the terminal non-blocking (O_NONBLOCK)")
 	}
 }
 
@@ -299,6 +319,7 @@ func TestTerminalMakeRunSignals(t *testing.T) {
 				}
 				time.Sleep(100 * time.Millisecond)
 			}
+			term.checkBlocking()
 			if after := term.stty(); after != before {
 				t.Fatalf("terminal settings not restored:\nbefore %s\nafter  %s", before, after)
 			}
