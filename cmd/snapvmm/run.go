@@ -222,8 +222,11 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 			vm.Stop()
 		}
 	}()
+	// Keys reach the guest once it runs from its final state: at once on a
+	// boot, after the restore with --loadvm.
+	gate := newInputGate(vm.Serial.Input, log)
 	if interactive {
-		go forwardInput(os.Stdin, vm, log)
+		go forwardInput(os.Stdin, vm, gate, log)
 	}
 
 	mon := control.New(vm, reg)
@@ -256,6 +259,7 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 			}
 		}
 	}
+	gate.Open()
 	if o.paused {
 		log.Info("VM is paused; resume it with the QMP command cont")
 	}
@@ -286,33 +290,6 @@ func openSerial(spec string) (w io.Writer, interactive bool, closeFn func(), err
 		return f, false, func() { f.Close() }, nil
 	}
 	return nil, false, nil, usagef("--serial %q: want stdio, file:PATH or none", spec)
-}
-
-// forwardInput copies stdin to the guest's UART through the console escape
-// handler.
-func forwardInput(r io.Reader, vm *vmm.VM, log *logrus.Entry) {
-	var con vmm.Console
-	buf := make([]byte, 256)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			out, act := con.Feed(buf[:n])
-			if len(out) > 0 {
-				vm.Serial.Input(out)
-			}
-			switch act {
-			case vmm.ConsoleQuit:
-				log.Info("Ctrl-a x: quitting")
-				vm.Stop()
-				return
-			case vmm.ConsoleHelpAction:
-				fmt.Fprint(os.Stderr, vmm.ConsoleHelp)
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
 }
 
 // crlfWriter adds carriage returns for a terminal in raw mode.

@@ -116,7 +116,7 @@ func interactive(memMiB int, guestMem string, guestCPUs int, qmpPath, why string
 		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x01",
 		"-kernel", filepath.Join(kdir, "vmlinuz"), "-initrd", initrd,
 		"-append", "console=ttyS0 quiet loglevel=1 panic=-1")
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return 1, err
@@ -136,7 +136,8 @@ func interactive(memMiB int, guestMem string, guestCPUs int, qmpPath, why string
 	go watchMakeInterrupt(sigs)
 	restore := rawTerminal()
 	defer restore()
-	if err := cmd.Start(); err != nil {
+	copied, err := startWithOutput(cmd, os.Stdout)
+	if err != nil {
 		return 1, fmt.Errorf("start qemu-system-x86_64: %w", err)
 	}
 	exited := make(chan error, 1)
@@ -158,12 +159,41 @@ func interactive(memMiB int, guestMem string, guestCPUs int, qmpPath, why string
 			}()
 		}
 	}
+	<-copied // the machine's last words, before the terminal is restored
 	restore()
 	if sig, ok := killedBy.(syscall.Signal); ok {
 		fmt.Fprintf(os.Stderr, "snapvmm: stopped the emulated machine on signal %v\n", sig)
 		return 128 + int(sig), nil
 	}
 	return machineStatus(cmd.ProcessState, err)
+}
+
+// startWithOutput starts cmd with a pipe as its stdout and copies what
+// comes out of it to w; the channel is closed once the output has ended
+// (cmd exited). Why not the terminal itself: QEMU's stdio chardev makes
+// its stdout non-blocking, and O_NONBLOCK belongs to the open terminal
+// that this program reads the keys from too: its next read would fail with
+// EAGAIN (the keys after the first line went nowhere, Ctrl-a x included),
+// and the terminal would stay non-blocking for the shell after make run.
+func startWithOutput(cmd *exec.Cmd, w io.Writer) (<-chan struct{}, error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("pipe for the machine's console: %w", err)
+	}
+	cmd.Stdout = pw
+	err = cmd.Start()
+	pw.Close() // QEMU holds its own copy: the copy below ends when QEMU does
+	if err != nil {
+		pr.Close()
+		return nil, err
+	}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		defer pr.Close()
+		_, _ = io.Copy(w, pr)
+	}()
+	return copied, nil
 }
 
 // machineStatus turns QEMU's exit into snapvmm's: isa-debug-exit makes

@@ -1,14 +1,21 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/snapvmm/snapvmm/internal/testutil"
 )
 
 type nopCloser struct{ io.Writer }
@@ -109,5 +116,67 @@ func TestInteractiveInit(t *testing.T) {
 		if out, err := exec.Command("sh", "-n", "-c", s).CombinedOutput(); err != nil {
 			t.Errorf("/init is not valid sh: %v %s", err, out)
 		}
+	}
+}
+
+// QEMU's stdio chardev makes its stdout non-blocking. Its stdout is a pipe
+// that startWithOutput copies to the terminal, so the terminal this program
+// reads the keys from stays blocking while QEMU runs and after; its output
+// still reaches the terminal.
+func TestMachineLeavesTerminalBlocking(t *testing.T) {
+	qemu := testutil.NeedTool(t, "qemu-system-x86_64")
+	master, tty := testutil.OpenPTY(t)
+	tty.Fd() // blocking, as a terminal is (Go's os.OpenFile made it non-blocking)
+	go func() { _, _ = io.Copy(io.Discard, master) }()
+	sock := filepath.Join(t.TempDir(), "qmp.sock")
+	cmd := exec.Command(qemu, "-S", "-display", "none", "-nodefaults",
+		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
+		"-qmp", "unix:"+sock+",server=on,wait=off")
+	// Keys come through a pipe, as in interactive.
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	cmd.Stderr = os.Stderr
+	copied, err := startWithOutput(cmd, tty)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	// QMP greets once QEMU has set up its chardevs and runs its main loop.
+	var conn net.Conn
+	for deadline := time.Now().Add(time.Minute); conn == nil; time.Sleep(20 * time.Millisecond) {
+		if conn, err = net.Dial("unix", sock); err != nil && time.Now().After(deadline) {
+			t.Fatalf("QEMU's QMP socket: %v", err)
+		}
+	}
+	defer conn.Close()
+	if _, err := bufio.NewReader(conn).ReadString('\n'); err != nil {
+		t.Fatalf("QMP greeting: %v", err)
+	}
+	// Through SyscallConn: tty.Fd() would make the file blocking again.
+	nonblock := func() bool {
+		rc, err := tty.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fl := 0
+		if err := rc.Control(func(fd uintptr) { fl, err = unix.FcntlInt(fd, unix.F_GETFL, 0) }); err != nil {
+			t.Fatal(err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fl&unix.O_NONBLOCK != 0
+	}
+	if nonblock() {
+		t.Fatal("the terminal became non-blocking while QEMU runs: reads of the keys fail with EAGAIN")
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	<-copied
+	if nonblock() {
+		t.Fatal("the terminal is non-blocking after QEMU")
 	}
 }
