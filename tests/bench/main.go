@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -78,7 +79,15 @@ func main() {
 	qemu := flag.String("qemu", "qemu-system-x86_64", "QEMU binary")
 	guest := flag.String("guest", "testdata/guests/fill", "fill guest ELF")
 	incRAM := flag.String("incremental", "256M,1G", "RAM sizes of the incremental-save runs (comma-separated; empty: none)")
+	only := flag.String("vmms", strings.Join(vmms, ","), "which VMMs to measure (comma-separated, of the default)")
 	flag.Parse()
+	var chosen []string
+	for _, v := range strings.Split(*only, ",") {
+		if !slices.Contains(vmms, v) {
+			fail(fmt.Errorf("-vmms: %q is none of %s", v, strings.Join(vmms, ",")))
+		}
+		chosen = append(chosen, v)
+	}
 	dir, err := os.MkdirTemp("", "snapvmm-bench-")
 	if err != nil {
 		fail(err)
@@ -97,7 +106,7 @@ func main() {
 	lim := measureLimits(dir)
 	var results []result
 	for _, s := range scenarios {
-		for _, vmm := range vmms {
+		for _, vmm := range chosen {
 			r := result{Scenario: s, VMM: vmm}
 			var all []figures
 			for i := 0; i < *runs; i++ {
