@@ -112,7 +112,7 @@ type lazyOptions struct {
 type LazyRAMStats struct {
 	Chunks   int           // chunks of guest RAM
 	Loaded   int           // chunks in place
-	Zero     int           // of those, filled with zero pages
+	Zero     int           // of those, all zeros (nothing to place)
 	OnDemand int           // of those, loaded because a fault or Ensure waited for them
 	Faults   int           // page-fault events the handler received
 	Holes    int           // chunks whose zero pages were filled before the end
