@@ -56,14 +56,15 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Section versions written by this build. Version 2 of machine adds the
 // CPUID feature registers, of cpu/N snapvmm's own field names, of ram the
-// format-2 chunk index.
+// format-2 chunk index; version 3 of ram a page map per chunk (zero pages
+// are never read).
 const (
 	verMachine = 2
 	verCPU     = 2
 	verIRQChip = 1
 	verPIT     = 1
 	verClock   = 1
-	verRAM     = 2
+	verRAM     = 3
 )
 
 // sectionHeader is tag, id length, id, version, payload length.

@@ -3,7 +3,6 @@ package snapshot
 import (
 	"encoding/json"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"sync"
 )
@@ -60,8 +59,8 @@ func (p *plan) matchBase(in *Incremental) (*incSave, error) {
 		return nil, fmt.Errorf("the base stream is format %d", ps.major)
 	}
 	ms, rs := ps.sections[SecMachine], ps.sections[SecRAM]
-	if ms == nil || rs == nil || rs.version != verRAM {
-		return nil, fmt.Errorf("the base stream has no machine section or no version %d RAM index", verRAM)
+	if ms == nil || rs == nil || rs.version < 2 || rs.version > verRAM {
+		return nil, fmt.Errorf("the base stream has no machine section or no version 2 to %d RAM index", verRAM)
 	}
 	var got, want Fingerprint
 	if err := json.Unmarshal(ms.data, &got); err != nil {
@@ -74,7 +73,7 @@ func (p *plan) matchBase(in *Incremental) (*incSave, error) {
 		return nil, fmt.Errorf("RAM layout changed (%d+%d bytes in the base, %d+%d now)",
 			got.RAMBelow4G, got.RAMAbove4G, want.RAMBelow4G, want.RAMAbove4G)
 	}
-	src, err := newRAMSource(in.Base, rs.data, uint64(len(p.ram)), ps.end, in.BaseSize)
+	src, err := newRAMSource(in.Base, rs.version, rs.data, uint64(len(p.ram)), ps.end, in.BaseSize)
 	if err != nil {
 		return nil, fmt.Errorf("the base's RAM index: %w", err)
 	}
@@ -135,16 +134,30 @@ func (s *incSave) saveChunk(p *plan, i int, c []byte, g uint64, w io.WriterAt, i
 		shared, run = shared+run, 0
 		return nil
 	}
+	// Clean pages keep the base's bits, dirty ones are looked at.
+	pages := make(PageMap, pageMapWords(ChunkSize))
 	for off := uint64(0); off < uint64(len(c)); off += g {
 		gr := c[off:min(off+g, uint64(len(c)))]
 		if !s.dirty(first+off/PageSize, (uint64(len(gr))+PageSize-1)/PageSize) {
+			for k := off / PageSize; k*PageSize < off+uint64(len(gr)); k++ {
+				if s.base.index[i].pages.Stored(int(k)) {
+					pages.set(int(k))
+				}
+			}
 			run += uint64(len(gr))
 			continue
 		}
 		if err := flush(off); err != nil {
 			return 0, 0, err
 		}
-		if isZero(gr) {
+		stored := false
+		for k := off / PageSize; k*PageSize < off+uint64(len(gr)); k++ {
+			if !isZero(c[k*PageSize : min((k+1)*PageSize, uint64(len(c)))]) {
+				pages.set(int(k))
+				stored = true
+			}
+		}
+		if !stored {
 			continue // reads as zeros: Prepare left the new area empty
 		}
 		if _, err := w.WriteAt(gr, int64(base+off)); err != nil {
@@ -155,26 +168,12 @@ func (s *incSave) saveChunk(p *plan, i int, c []byte, g uint64, w io.WriterAt, i
 	if err := flush(uint64(len(c))); err != nil {
 		return 0, 0, err
 	}
-	// Only a chunk whose CRC is that of zeros can be all zeros: the clean
-	// granules are not read.
 	crc, err := s.chunkCRC(i, c, g)
 	if err != nil {
 		return 0, 0, err
 	}
-	index[i] = ramIndexEntry{crc: crc, zero: crc == zeroCRC(uint64(len(c))) && isZero(c)}
+	index[i] = ramIndexEntry{crc: crc, pages: pages}
 	return written, shared, nil
-}
-
-var zeroCRCs sync.Map // length -> CRC32C of that many zero bytes
-
-// zeroCRC is the CRC32C of n zero bytes.
-func zeroCRC(n uint64) uint32 {
-	if v, ok := zeroCRCs.Load(n); ok {
-		return v.(uint32)
-	}
-	crc := crc32.Checksum(make([]byte, n), castagnoli)
-	zeroCRCs.Store(n, crc)
-	return crc
 }
 
 // incremental decides between an incremental and a full save and returns

@@ -263,10 +263,10 @@ func check(m Machine, r io.ReaderAt, size uint64) (*decoded, error) {
 	if err != nil {
 		return nil, err
 	}
-	if rs.version != 2 {
+	if rs.version < 2 {
 		return nil, corruptf("format 2 with a version %d RAM section", rs.version)
 	}
-	d.ram2, err = newRAMSource(r, rs.data, ramSize, p.end, size)
+	d.ram2, err = newRAMSource(r, rs.version, rs.data, ramSize, p.end, size)
 	return d, err
 }
 

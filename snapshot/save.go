@@ -43,8 +43,8 @@ type SaveOptions struct {
 
 // ramIndexEntry is one chunk of the format-2 RAM index.
 type ramIndexEntry struct {
-	crc  uint32
-	zero bool
+	crc   uint32
+	pages PageMap // stored pages; empty: the chunk is all zeros
 }
 
 const chunkZero = 1 // ram index flag: the chunk is all zeros, nothing stored
@@ -111,12 +111,20 @@ func newPlan(m Machine) (*plan, error) {
 	for _, s := range p.secs {
 		p.prefix += uint64(len(sectionHeader(s.id, s.version, 0))+len(s.data)) + 4
 	}
-	p.prefix += uint64(len(sectionHeader(SecRAM, verRAM, 0))) + ramIndexLen(p.chunks) + 4 + 1 + uint64(len(endMarker))
+	p.prefix += uint64(len(sectionHeader(SecRAM, verRAM, 0))) + ramIndexLen(verRAM, p.chunks, ChunkSize) + 4 + 1 + uint64(len(endMarker))
 	p.ramBase = (p.prefix + RAMAlign - 1) / RAMAlign * RAMAlign
 	return p, nil
 }
 
-func ramIndexLen(chunks int) uint64 { return 32 + 8*uint64(chunks) }
+// ramIndexLen is the length of a RAM index of the given version (2 or 3)
+// over chunks chunks of ChunkSize bytes.
+func ramIndexLen(version uint32, chunks int, chunkSize uint64) uint64 {
+	entry := uint64(8)
+	if version >= 3 {
+		entry += 8 * uint64(pageMapWords(chunkSize))
+	}
+	return 32 + entry*uint64(chunks)
+}
 
 func (p *plan) size() uint64 { return p.ramBase + uint64(len(p.ram)) }
 
@@ -140,22 +148,36 @@ func (p *plan) encodePrefix(index []ramIndexEntry) []byte {
 	for _, s := range p.secs {
 		put(s.id, s.version, s.data)
 	}
-	ri := make([]byte, 0, ramIndexLen(len(index)))
-	ri = binary.LittleEndian.AppendUint64(ri, uint64(len(p.ram)))
-	ri = binary.LittleEndian.AppendUint64(ri, ChunkSize)
-	ri = binary.LittleEndian.AppendUint64(ri, p.ramBase)
-	ri = binary.LittleEndian.AppendUint64(ri, uint64(len(index)))
-	for _, e := range index {
-		var flags uint32
-		if e.zero {
-			flags |= chunkZero
-		}
-		ri = binary.LittleEndian.AppendUint32(ri, e.crc)
-		ri = binary.LittleEndian.AppendUint32(ri, flags)
-	}
-	put(SecRAM, verRAM, ri)
+	put(SecRAM, verRAM, encodeRAMIndex(uint64(len(p.ram)), p.ramBase, index))
 	b = append(b, tagEnd)
 	return append(b, endMarker...)
+}
+
+// encodeRAMIndex is the payload of a version-3 ram section.
+func encodeRAMIndex(ramSize, ramBase uint64, index []ramIndexEntry) []byte {
+	le := binary.LittleEndian
+	ri := make([]byte, 0, ramIndexLen(verRAM, len(index), ChunkSize))
+	ri = le.AppendUint64(ri, ramSize)
+	ri = le.AppendUint64(ri, ChunkSize)
+	ri = le.AppendUint64(ri, ramBase)
+	ri = le.AppendUint64(ri, uint64(len(index)))
+	words := pageMapWords(ChunkSize)
+	for _, e := range index {
+		var flags uint32
+		if e.pages.Empty() {
+			flags |= chunkZero
+		}
+		ri = le.AppendUint32(ri, e.crc)
+		ri = le.AppendUint32(ri, flags)
+		for w := range words {
+			var v uint64
+			if w < len(e.pages) {
+				v = e.pages[w]
+			}
+			ri = le.AppendUint64(ri, v)
+		}
+	}
+	return ri
 }
 
 // defaultWorkers is how many goroutines copy RAM: 4, but one CPU is left
@@ -254,18 +276,17 @@ func (p *plan) write(w io.WriterAt, opts SaveOptions) (uint64, error) {
 			return inc.chunk(p, i, c, g, w, index, report)
 		}
 		base := p.ramBase + uint64(i)*ChunkSize
-		zero := true
+		pages := storedPages(c)
 		for off := uint64(0); off < uint64(len(c)); off += g {
 			gr := c[off:min(off+g, uint64(len(c)))]
-			if isZero(gr) {
+			if !pages.anyStored(off, uint64(len(gr))) {
 				continue
 			}
-			zero = false
 			if _, err := w.WriteAt(gr, int64(base+off)); err != nil {
 				return fmt.Errorf("write RAM chunk %d at stream offset %d: %w", i, base+off, err)
 			}
 		}
-		index[i] = ramIndexEntry{crc: crc32.Checksum(c, castagnoli), zero: zero}
+		index[i] = ramIndexEntry{crc: ChunkCRC(c, pages), pages: pages}
 		report(uint64(len(c)))
 		return nil
 	})
@@ -293,7 +314,8 @@ func SaveStream(m Machine, w io.Writer, opts SaveOptions) (uint64, error) {
 	index := make([]ramIndexEntry, p.chunks)
 	if err := p.eachChunk(opts.Writers, func(i int) error {
 		c := p.chunk(i)
-		index[i] = ramIndexEntry{crc: crc32.Checksum(c, castagnoli), zero: isZero(c)}
+		pages := storedPages(c)
+		index[i] = ramIndexEntry{crc: ChunkCRC(c, pages), pages: pages}
 		return nil
 	}); err != nil {
 		return 0, fmt.Errorf("save VM state: %w", err)
@@ -334,6 +356,29 @@ func fingerprintOf(m Machine) Fingerprint {
 		fp.Devices = append(fp.Devices, DeviceVersion{ID: d.ID, Version: v})
 	}
 	return fp
+}
+
+// storedPages is the page map of chunk c: the pages that are not all
+// zeros.
+func storedPages(c []byte) PageMap {
+	m := make(PageMap, pageMapWords(ChunkSize))
+	for k := 0; k*PageSize < len(c); k++ {
+		if !isZero(c[k*PageSize : min((k+1)*PageSize, len(c))]) {
+			m.set(k)
+		}
+	}
+	return m
+}
+
+// anyStored reports whether a page in the n bytes from byte off of the
+// chunk is stored.
+func (m PageMap) anyStored(off, n uint64) bool {
+	for k := off / PageSize; k*PageSize < off+n; k++ {
+		if m.Stored(int(k)) {
+			return true
+		}
+	}
+	return false
 }
 
 func isZero(b []byte) bool {

@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"math/rand"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -18,21 +19,24 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/snapvmm/snapvmm/internal/uffd"
 	"github.com/snapvmm/snapvmm/kvm"
+	"github.com/snapvmm/snapvmm/snapshot"
 	"github.com/snapvmm/snapvmm/vmm/boot"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // memSource is a RAMSource over a copy of guest RAM in memory, with a
-// CRC32C per chunk like the snapshot format's, so tests can corrupt a
-// chunk behind its checksum or make reads fail.
+// CRC32C and a page map per chunk like the snapshot format's, so tests can
+// corrupt a chunk behind its checksum or make reads fail.
 type memSource struct {
 	data    []byte
 	chunk   uint64
 	crcs    []uint32
-	zero    []bool
+	maps    []snapshot.PageMap
 	readErr map[int]error
+	gate    map[int]chan struct{} // a read of the chunk waits for it to close
 	reads   atomic.Int64
 }
 
@@ -41,18 +45,28 @@ func newMemSource(data []byte, chunk uint64) *memSource {
 	for off := uint64(0); off < uint64(len(data)); off += chunk {
 		c := data[off:min(off+chunk, uint64(len(data)))]
 		s.crcs = append(s.crcs, crc32.Checksum(c, castagnoli))
-		s.zero = append(s.zero, !bytes.ContainsFunc(c, func(r rune) bool { return r != 0 }))
+		m := make(snapshot.PageMap, (chunk/snapshot.PageSize+63)/64)
+		for k := 0; k*snapshot.PageSize < len(c); k++ {
+			if bytes.ContainsFunc(c[k*snapshot.PageSize:(k+1)*snapshot.PageSize], func(r rune) bool { return r != 0 }) {
+				m[k/64] |= 1 << (k % 64)
+			}
+		}
+		s.maps = append(s.maps, m)
 	}
 	return s
 }
 
-func (s *memSource) RAMSize() uint64        { return uint64(len(s.data)) }
-func (s *memSource) ChunkSize() uint64      { return s.chunk }
-func (s *memSource) Chunks() int            { return len(s.crcs) }
-func (s *memSource) ChunkIsZero(i int) bool { return s.zero[i] }
+func (s *memSource) RAMSize() uint64                    { return uint64(len(s.data)) }
+func (s *memSource) ChunkSize() uint64                  { return s.chunk }
+func (s *memSource) Chunks() int                        { return len(s.crcs) }
+func (s *memSource) ChunkIsZero(i int) bool             { return s.maps[i].Empty() }
+func (s *memSource) StoredPages(i int) snapshot.PageMap { return s.maps[i] }
 
-func (s *memSource) ReadChunk(i int, dst []byte) error {
+func (s *memSource) ReadStored(i int, dst []byte) error {
 	s.reads.Add(1)
+	if g := s.gate[i]; g != nil {
+		<-g
+	}
 	if err := s.readErr[i]; err != nil {
 		return fmt.Errorf("RAM chunk %d: %w", i, err)
 	}
@@ -61,9 +75,25 @@ func (s *memSource) ReadChunk(i int, dst []byte) error {
 	if len(dst) != len(c) {
 		return fmt.Errorf("RAM chunk %d: %d-byte buffer for %d bytes", i, len(dst), len(c))
 	}
-	copy(dst, c)
-	if got := crc32.Checksum(dst, castagnoli); got != s.crcs[i] {
+	for k := 0; k*snapshot.PageSize < len(c); k++ {
+		if s.maps[i].Stored(k) {
+			copy(dst[k*snapshot.PageSize:(k+1)*snapshot.PageSize], c[k*snapshot.PageSize:])
+		}
+	}
+	if got := snapshot.ChunkCRC(dst, s.maps[i]); got != s.crcs[i] {
 		return fmt.Errorf("RAM chunk %d: CRC32C %#08x, the snapshot says %#08x", i, got, s.crcs[i])
+	}
+	return nil
+}
+
+func (s *memSource) ReadChunk(i int, dst []byte) error {
+	if err := s.ReadStored(i, dst); err != nil {
+		return err
+	}
+	for k := 0; k*snapshot.PageSize < len(dst); k++ {
+		if !s.maps[i].Stored(k) {
+			clear(dst[k*snapshot.PageSize : (k+1)*snapshot.PageSize])
+		}
 	}
 	return nil
 }
@@ -71,11 +101,19 @@ func (s *memSource) ReadChunk(i int, dst []byte) error {
 // corrupt flips a byte of chunk i behind its CRC.
 func (s *memSource) corrupt(i int) { s.data[uint64(i)*s.chunk+17] ^= 0xff }
 
-// randomRAM is test RAM content: random chunks, every fifth chunk zero.
+// randomRAM is test RAM content: random chunks, every fifth chunk zero,
+// and in the others every third page (the first one of a chunk never)
+// and a run of 20 pages zero.
 func randomRAM(size, chunk uint64) []byte {
 	b := make([]byte, size)
 	r := rand.New(rand.NewSource(int64(size)))
 	r.Read(b)
+	for off := uint64(0); off < size; off += chunk {
+		for k := uint64(1); k*4096 < chunk; k += 3 {
+			clear(b[off+k*4096 : min(off+(k+1)*4096, size)])
+		}
+		clear(b[min(off+chunk/2, size):min(off+chunk/2+20*4096, size)])
+	}
 	for off := uint64(0); off < size; off += 5 * chunk {
 		clear(b[off:min(off+chunk, size)])
 	}
@@ -288,6 +326,92 @@ func TestLazyRAMEnsureLoadsWithoutFaulting(t *testing.T) {
 	}
 	if err := l.Ensure(testRAM-8, 16); err == nil {
 		t.Fatal("Ensure beyond RAM succeeded")
+	}
+}
+
+// Chunks placed in the background keep their zero pages as holes; Ensure
+// fills those of its range, so the caller's copy does not fault either.
+func TestLazyRAMEnsureFillsZeroPages(t *testing.T) {
+	mem := lazyMem(t, testRAM)
+	data := randomRAM(testRAM, testChunk)
+	src := newMemSource(data, testChunk)
+	last := src.Chunks() - 1
+	src.gate = map[int]chan struct{}{last: make(chan struct{})} // the session stays open
+	l, err := newLazyRAM(mem, src, nil, quietLog(), lazyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var opened sync.Once
+	open := func() { opened.Do(func() { close(src.gate[last]) }) }
+	defer open() // before Close, which waits for the loaders
+	deadline := time.Now().Add(30 * time.Second)
+	for l.Stats().Loaded < last && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if st := l.Stats(); st.Loaded != last || st.OnDemand != 0 || st.Holes != 0 || st.Faults != 0 {
+		t.Fatalf("%+v: want all chunks but the last placed in the background, zero pages left as holes", st)
+	}
+	off, n := uint64(3*testChunk-100), uint64(testChunk+200) // chunks 2, 3 and 4
+	if err := l.Ensure(off, n); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(mem[off:off+n], data[off:off+n]) {
+		t.Fatal("ensured range differs from the source")
+	}
+	if st := l.Stats(); st.Faults != 0 || st.Holes != 3 {
+		t.Fatalf("%+v: want the zero pages of 3 chunks filled and no fault", st)
+	}
+	// A plain read of a zero page elsewhere faults and is served, alone.
+	p := uint64(7*testChunk + 4*4096) // page 4 (4 % 3 == 1): zero
+	if !bytes.Equal(data[p:p+4096], make([]byte, 4096)) {
+		t.Fatal("test premise: the page is zero")
+	}
+	within(t, "read of a zero page", func() {
+		if i := mismatch(mem[p:p+4096], data[p:p+4096]); i >= 0 {
+			t.Errorf("zero page differs at +%#x", i)
+		}
+	})
+	// The fill wakes the reader before it is counted.
+	for l.Stats().ZeroFaults < 1 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if st := l.Stats(); st.ZeroFaults != 1 || st.Holes != 3 {
+		t.Fatalf("%+v: want one zero page placed by its fault, no other chunk's zero pages", st)
+	}
+	// A page is resident when this process maps it (/proc/self/pagemap
+	// bit 63): placed pages are mapped, holes are not.
+	pagemap, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pagemap.Close()
+	resident := func(off uint64) bool {
+		e := make([]byte, 8)
+		if _, err := pagemap.ReadAt(e, int64(uffd.Addr(mem[off:])/4096*8)); err != nil {
+			t.Fatal(err)
+		}
+		return binary.LittleEndian.Uint64(e)&(1<<63) != 0
+	}
+	// The faulting page's zero neighbour, a zero page of a chunk nobody
+	// touched and a chunk of zeros stay holes; stored pages are there.
+	for _, hole := range []uint64{p + 3*4096, 9*testChunk + 4*4096, 10*testChunk + 4096} {
+		if resident(hole) {
+			t.Errorf("zero page at %#x is resident before the end", hole)
+		}
+	}
+	if !resident(9 * testChunk) {
+		t.Error("stored page of chunk 9 is not resident")
+	}
+	open()
+	if err := l.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	if resident(10*testChunk + 4096) {
+		t.Error("a chunk of zeros was placed")
+	}
+	if i := mismatch(mem, data); i >= 0 {
+		t.Fatalf("guest RAM differs from the source at +%#x", i)
 	}
 }
 
@@ -504,7 +628,7 @@ func BenchmarkLazyRAMPopulate(b *testing.B) {
 		data[i] |= 1
 	}
 	src := newMemSource(data, chunk)
-	for _, loaders := range []int{1, lazyLoaders} {
+	for _, loaders := range []int{1, lazyLoaders()} {
 		b.Run(fmt.Sprintf("loaders=%d", loaders), func(b *testing.B) {
 			mem := lazyMem(b, size)
 			b.SetBytes(size)
