@@ -105,8 +105,10 @@ func TestLoadVMKeepsKeysTypedDuringRestore(t *testing.T) {
 	cmd := exec.Command(exe, "run", "--kernel", guest, "--memory", "64M", "--serial", "stdio",
 		"--drive", drive, "--loadvm", "waiting")
 	cmd.Env = append(os.Environ(), "SNAPVMM_TEST_AS_CLI=1")
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
-	var out testutil.Console
+	// The log goes elsewhere: on the terminal a log line can land inside
+	// a guest line ("dirtie" + log line + "d\n").
+	var out, log testutil.Console
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, &log
 	go func() { _, _ = io.Copy(&out, master) }()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -117,11 +119,11 @@ func TestLoadVMKeepsKeysTypedDuringRestore(t *testing.T) {
 		cmd.Process.Kill()
 		<-exited
 		if t.Failed() {
-			t.Logf("terminal output:\n%q", out.Tail())
+			t.Logf("terminal output:\n%q\nlog:\n%s", out.Tail(), log.Tail())
 		}
 	})
 	why := func() string { return cmd.ProcessState.String() }
-	out.WaitFor(t, "restored snapshot waiting", testutil.Scaled(30*time.Second), exited, why)
+	log.WaitFor(t, "restored snapshot waiting", testutil.Scaled(30*time.Second), exited, why)
 	// The guest answers bytes in order: once it has answered this 't',
 	// it has answered every key typed before it.
 	if _, err := master.Write([]byte("t")); err != nil {
