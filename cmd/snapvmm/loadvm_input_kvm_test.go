@@ -16,7 +16,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/snapvmm/snapvmm/internal/testutil"
-	"github.com/snapvmm/snapvmm/qmp"
 )
 
 // listeningFill writes a copy of the fill guest that fills no page and
@@ -72,7 +71,7 @@ func TestLoadVMKeepsKeysTypedDuringRestore(t *testing.T) {
 	outA, sock := filepath.Join(dir, "a.txt"), filepath.Join(dir, "a.sock")
 	a := startCLI(t, "run", "--kernel", guest, "--memory", "64M", "--serial", "file:"+outA, "--drive", drive, "--qmp", "unix:"+sock)
 	waitFile(t, outA, regexp.MustCompile(`fill ready\n`), testutil.Scaled(30*time.Second))
-	cl, err := qmp.Dial(sock)
+	cl, err := dialRetry(sock) // the VM starts before the monitor listens
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/snapvmm/snapvmm/internal/testutil"
-	"github.com/snapvmm/snapvmm/qmp"
 )
 
 // TestMain lets tests start this test binary as the snapvmm command, so a
@@ -78,7 +77,7 @@ func TestLoadVMInANewProcess(t *testing.T) {
 	outA, sock := filepath.Join(dir, "a.txt"), filepath.Join(dir, "a.sock")
 	a := startCLI(t, "run", "--kernel", guest, "--memory", "64M", "--serial", "file:"+outA, "--drive", drive, "--qmp", "unix:"+sock)
 	waitFile(t, outA, regexp.MustCompile(`counter (8388608)\n`), 30*time.Second)
-	cl, err := qmp.Dial(sock)
+	cl, err := dialRetry(sock) // the VM starts before the monitor listens
 	if err != nil {
 		t.Fatal(err)
 	}
