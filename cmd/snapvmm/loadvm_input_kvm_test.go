@@ -62,30 +62,8 @@ func listeningFill(t *testing.T, dir string) string {
 func TestLoadVMKeepsKeysTypedDuringRestore(t *testing.T) {
 	testutil.OpenKVM(t)
 	dir := t.TempDir()
-	img := filepath.Join(dir, "state.qcow2")
-	if code := run([]string{"img", "create", "-f", "qcow2", img, "64M"}); code != 0 {
-		t.Fatal("img create")
-	}
 	guest := listeningFill(t, dir)
-	drive := "file=" + img + ",node-name=disk0,if=none"
-	outA, sock := filepath.Join(dir, "a.txt"), filepath.Join(dir, "a.sock")
-	a := startCLI(t, "run", "--kernel", guest, "--memory", "64M", "--serial", "file:"+outA, "--drive", drive, "--qmp", "unix:"+sock)
-	waitFile(t, outA, regexp.MustCompile(`fill ready\n`), testutil.Scaled(30*time.Second))
-	cl, err := dialRetry(sock) // the VM starts before the monitor listens
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cl.Execute("stop", nil); err != nil {
-		t.Fatal(err)
-	}
-	if code := run([]string{"snapshot", "save", "--qmp", sock, "--tag", "waiting"}); code != 0 {
-		t.Fatalf("snapshot save exit %d", code)
-	}
-	cl.Execute("quit", nil)
-	cl.Close()
-	if err := a.Wait(); err != nil {
-		t.Fatalf("first process: %v", err)
-	}
+	drive, _ := saveInFirstProcess(t, dir, guest, regexp.MustCompile(`fill ready\n`), "waiting", nil)
 
 	master, tty := testutil.OpenPTY(t)
 	// Raw already, as snapvmm makes it: the keys wait in the pty as typed,

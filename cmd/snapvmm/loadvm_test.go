@@ -62,21 +62,24 @@ func waitFile(t *testing.T, path string, re *regexp.Regexp, d time.Duration) [][
 	return nil
 }
 
-// TestLoadVMInANewProcess saves the counter guest over QMP in one snapvmm
-// process and restores it with --loadvm in another: the new process
-// continues the count instead of booting the guest.
-func TestLoadVMInANewProcess(t *testing.T) {
-	testutil.OpenKVM(t)
-	dir := t.TempDir()
+// firstOut is the serial output file of saveInFirstProcess's process.
+func firstOut(dir string) string { return filepath.Join(dir, "a.txt") }
+
+// saveInFirstProcess runs guest in a snapvmm process over a fresh qcow2
+// image in dir until its serial output matches ready, stops it over QMP,
+// runs afterStop (may be nil), saves snapshot tag with snapvmm snapshot
+// save and quits. It returns the --drive spec of the image and the path
+// of the serial output.
+func saveInFirstProcess(t *testing.T, dir, guest string, ready *regexp.Regexp, tag string, afterStop func()) (drive, out string) {
+	t.Helper()
 	img := filepath.Join(dir, "state.qcow2")
 	if code := run([]string{"img", "create", "-f", "qcow2", img, "64M"}); code != 0 {
 		t.Fatal("img create")
 	}
-	guest := filepath.Join("..", "..", "testdata", "guests", "counter")
-	drive := "file=" + img + ",node-name=disk0,if=none"
-	outA, sock := filepath.Join(dir, "a.txt"), filepath.Join(dir, "a.sock")
-	a := startCLI(t, "run", "--kernel", guest, "--memory", "64M", "--serial", "file:"+outA, "--drive", drive, "--qmp", "unix:"+sock)
-	waitFile(t, outA, regexp.MustCompile(`counter (8388608)\n`), 30*time.Second)
+	drive = "file=" + img + ",node-name=disk0,if=none"
+	out, sock := firstOut(dir), filepath.Join(dir, "a.sock")
+	a := startCLI(t, "run", "--kernel", guest, "--memory", "64M", "--serial", "file:"+out, "--drive", drive, "--qmp", "unix:"+sock)
+	waitFile(t, out, ready, testutil.Scaled(30*time.Second))
 	cl, err := dialRetry(sock) // the VM starts before the monitor listens
 	if err != nil {
 		t.Fatal(err)
@@ -84,8 +87,10 @@ func TestLoadVMInANewProcess(t *testing.T) {
 	if _, err := cl.Execute("stop", nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFile(t, outA, counterLine, time.Second)
-	if code := run([]string{"snapshot", "save", "--qmp", sock, "--tag", "t1"}); code != 0 {
+	if afterStop != nil {
+		afterStop()
+	}
+	if code := run([]string{"snapshot", "save", "--qmp", sock, "--tag", tag}); code != 0 {
 		t.Fatalf("snapshot save exit %d", code)
 	}
 	cl.Execute("quit", nil)
@@ -93,6 +98,18 @@ func TestLoadVMInANewProcess(t *testing.T) {
 	if err := a.Wait(); err != nil {
 		t.Fatalf("first process: %v", err)
 	}
+	return drive, out
+}
+
+// TestLoadVMInANewProcess saves the counter guest over QMP in one snapvmm
+// process and restores it with --loadvm in another: the new process
+// continues the count instead of booting the guest.
+func TestLoadVMInANewProcess(t *testing.T) {
+	testutil.OpenKVM(t)
+	dir := t.TempDir()
+	guest := filepath.Join("..", "..", "testdata", "guests", "counter")
+	drive, outA := saveInFirstProcess(t, dir, guest, regexp.MustCompile(`counter (8388608)\n`), "t1",
+		func() { waitFile(t, firstOut(dir), counterLine, time.Second) })
 
 	outB := filepath.Join(dir, "b.txt")
 	startCLI(t, "run", "--kernel", guest, "--memory", "64M", "--serial", "file:"+outB, "--drive", drive, "--loadvm", "t1")
