@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/snapvmm/snapvmm/block"
@@ -132,6 +133,10 @@ func main() {
 			for i := 0; i < *runs; i++ {
 				var f figures
 				var err error
+				// Every run starts on a quiet disk: the data a previous run
+				// left dirty (its image, QEMU's memory file) would otherwise
+				// be written back during this run's save.
+				syscall.Sync()
 				switch vmm {
 				case "snapvmm":
 					f, err = runSnapvmm(dir, *snapvmm, *guest, s, "lazy", "live")
@@ -146,6 +151,11 @@ func main() {
 					r.Error = err.Error()
 					break
 				}
+				// A line per run: a long column is progress, not silence
+				// (tests/nested stops a machine that prints nothing for 10
+				// minutes), and a hang shows where it happened.
+				fmt.Fprintf(os.Stderr, "bench: %s on %s: run %d of %d: save %v, load %v\n",
+					s, vmm, i+1, *runs, f.SaveWall.Round(time.Millisecond), f.LoadPopulated.Round(time.Millisecond))
 				all = append(all, f)
 			}
 			r.Runs = len(all)
@@ -359,6 +369,7 @@ func runQEMU(dir, bin string, s scenario) (figures, error) {
 	if err := memoryFile(mem, s); err != nil {
 		return figures{}, err
 	}
+	syscall.Sync() // the memory file's writeback must not overlap QEMU's save
 	img, err := freshImage(dir)
 	if err != nil {
 		return figures{}, err
