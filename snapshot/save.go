@@ -183,9 +183,20 @@ func encodeRAMIndex(ramSize, ramBase uint64, index []ramIndexEntry) []byte {
 // defaultWorkers is how many goroutines copy RAM: 4, but one CPU is left
 // to the monitor and the vCPUs (a 2-CPU host gets one worker, or polling
 // clients wait for a scheduler slot).
-func defaultWorkers() int {
-	return max(1, min(4, runtime.GOMAXPROCS(0)-1))
-}
+func defaultWorkers() int { return Workers(1) }
+
+// hostCPUs is GOMAXPROCS as the runtime chose it (the CPUs this process
+// may use), read before a VMM raises it for its vCPU threads.
+var hostCPUs = runtime.GOMAXPROCS(0)
+
+// HostCPUs is the number of CPUs this process may use: GOMAXPROCS as the
+// runtime chose it at start, whatever it was raised to since.
+func HostCPUs() int { return hostCPUs }
+
+// Workers is how many goroutines a CPU-bound phase (writing or reading
+// RAM) runs: one per CPU, less spare CPUs left to others, at least one
+// and at most 4.
+func Workers(spare int) int { return max(1, min(4, hostCPUs-spare)) }
 
 // eachChunk runs f on every RAM chunk with n goroutines and stops at the
 // first error.

@@ -97,6 +97,8 @@ func (vm *VM) Start(paused bool) error {
 		return fmt.Errorf("start VM: %w", err)
 	}
 	vm.running = len(vm.vcpus)
+	vm.procs = len(vm.vcpus)
+	addVCPUProcs(vm.procs) // procs.go
 	ready := make(chan error, len(vm.vcpus))
 	for _, c := range vm.vcpus {
 		go vm.runVCPU(c, ready)
@@ -287,7 +289,9 @@ func (vm *VM) Close() error {
 	}
 	vm.mu.Lock()
 	vm.closed = true
+	procs := vm.procs
 	vm.mu.Unlock()
+	addVCPUProcs(-procs)
 	vm.endLazyRAM()
 	vm.endLiveSave()
 	var errs []error

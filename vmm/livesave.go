@@ -3,7 +3,6 @@ package vmm
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,7 +111,7 @@ func (vm *VM) beginLiveSave(dst block.Snapshotter, progress snapshot.Progress, o
 	}
 	vm.log.Debugf("live save: state captured in %v, RAM write-protected in %v (%d chunks again)", t1.Sub(t0), time.Since(t1), ram.dirty)
 	s := &LiveSave{vm: vm, area: area, cap: cap, ram: ram, progress: progress, done: make(chan struct{}),
-		prio: vm.lowerVCPUPriority(), taken: taken, inc: inc, why: why}
+		prio: vm.lowerVCPUPriority("live save"), taken: taken, inc: inc, why: why}
 	vm.holdDisks() // drained by the pause already, or by ArmLiveSave
 	vm.live.Store(s)
 	go s.run()
@@ -166,7 +165,7 @@ func (s *LiveSave) write() (n uint64, err error) {
 // spare CPU stays the guest's. Measured in the nested bench (256 MiB, the
 // fill guest spinning on its UART): one writer made the live save 1.8x
 // the paused one, a writer per CPU 1.2x.
-func liveWriters() int { return max(1, min(4, runtime.GOMAXPROCS(0))) }
+func liveWriters() int { return snapshot.Workers(0) }
 
 // areaOptions are Save's options for a qcow2 vmstate area: writes in
 // whole clusters, unwritten clusters left unallocated.

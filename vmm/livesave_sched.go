@@ -9,7 +9,7 @@ import (
 )
 
 // liveSaveNice is the nice value of the vCPU threads while a live save
-// writes RAM. On a host with idle CPUs it changes nothing; on a saturated
+// writes RAM, or a lazy load fills it. On a host with idle CPUs it changes nothing; on a saturated
 // one the save's writers (nice 0) get the CPU time they would have had
 // with the guest paused, and the guest keeps a share (about a tenth of a
 // writer's), instead of a busy guest stretching the save out.
@@ -22,14 +22,21 @@ type vcpuPriority struct {
 	tids []int
 }
 
-// lowerVCPUPriority lowers the priority of every vCPU thread (the vCPUs
-// are parked: each does it on its own thread). It does nothing where the
+// lowerVCPUPriority lowers the priority of every vCPU thread for a
+// background phase (what: "live save", "lazy RAM load"); the vCPUs are
+// parked, and each does it on its own thread. It does nothing where the
 // priority could not be raised back (no CAP_SYS_NICE, RLIMIT_NICE below
-// 20): a guest must not stay slowed down.
-func (vm *VM) lowerVCPUPriority() *vcpuPriority {
+// 20): a guest must not stay slowed down; nor before the vCPUs started.
+func (vm *VM) lowerVCPUPriority(what string) *vcpuPriority {
 	p := &vcpuPriority{vm: vm}
+	vm.mu.Lock()
+	started := vm.started
+	vm.mu.Unlock()
+	if !started {
+		return p
+	}
 	if !canRaisePriority() {
-		vm.log.Debugf("live save: the vCPU threads keep their priority: it could not be raised back")
+		vm.log.Debugf("%s: the vCPU threads keep their priority: it could not be raised back", what)
 		return p
 	}
 	err := vm.onEachVCPU(func(*kvm.VCPU) error {
@@ -43,7 +50,7 @@ func (vm *VM) lowerVCPUPriority() *vcpuPriority {
 		return nil
 	})
 	if err != nil {
-		vm.log.Warnf("live save: lower the vCPU threads' priority: %v", err)
+		vm.log.Warnf("%s: lower the vCPU threads' priority: %v", what, err)
 	}
 	return p
 }
