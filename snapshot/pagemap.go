@@ -46,6 +46,16 @@ func (m PageMap) Empty() bool {
 	return true
 }
 
+// Count is the number of stored pages (a map never has bits past its
+// chunk's pages: the index parser refuses such maps).
+func (m PageMap) Count() int {
+	n := 0
+	for _, w := range m {
+		n += bits.OnesCount64(w)
+	}
+	return n
+}
+
 // RunEnd is the end (exclusive, at most n) of the run of pages from page k
 // that are all stored or all zero, as page k is.
 func (m PageMap) RunEnd(k, n int) int {

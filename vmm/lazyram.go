@@ -43,6 +43,7 @@ type LazyRAM struct {
 	onError func(error)
 	log     *logrus.Entry
 	hold    <-chan struct{} // background loading waits for it (tests); nil: no wait
+	onEnd   func()          // lazyOptions.ended
 
 	fd *uffd.FD
 	// The fault handler waits in a blocking read, which only an event
@@ -54,9 +55,9 @@ type LazyRAM struct {
 
 	state     []atomic.Uint32 // chunkMissing, chunkClaimed, chunkPresent
 	requested []atomic.Bool   // the chunk was queued on urgent (each at most once)
-	// zeroed is set once every zero page of the chunk is in place: zero
-	// pages are left as holes until a fault places one or Ensure needs
-	// them all present.
+	// zeroed is set once every zero page of the chunk is in place: a
+	// sparse chunk's zero pages are left as holes until a fault places one
+	// or Ensure needs them all present; a dense chunk is placed whole.
 	zeroed []atomic.Bool
 	// fdMu orders Ensure's own UFFDIO_ZEROPAGE (read side) before the
 	// range is unregistered and the descriptor closed (fdOpen false).
@@ -98,7 +99,7 @@ const (
 // in the page cache loading is CPU work, and extra loaders only contend
 // for the image's lock (2 loaders on a 2-CPU machine populated 256 MiB in
 // 0.74 s where 4 took 1.0 s, nested).
-func lazyLoaders() int { return max(1, min(4, runtime.GOMAXPROCS(0))) }
+func lazyLoaders() int { return snapshot.Workers(0) }
 
 // maxLazyChunk bounds the chunk size a source may ask for, and with it the
 // loaders' buffers.
@@ -110,6 +111,9 @@ type lazyOptions struct {
 	// hold, when not nil, keeps background loading waiting until it is
 	// closed, so only faults and Ensure load chunks until then.
 	hold <-chan struct{}
+	// ended, when not nil, is called once the session is over, before
+	// Done is closed.
+	ended func()
 }
 
 // LazyRAMStats describe a session's progress.
@@ -119,7 +123,9 @@ type LazyRAMStats struct {
 	Zero     int // of those, all zeros (nothing to place)
 	OnDemand int // of those, loaded because a fault or Ensure waited for them
 	Faults   int // page-fault events the handler received
-	Holes    int // chunks whose zero pages Ensure filled before the end
+	// Holes are the chunks whose zero pages Ensure filled before the end
+	// (dense chunks, placed whole, are not counted).
+	Holes int
 	// ZeroFaults are the faults on zero pages, each served with that page
 	// alone (no chunk read).
 	ZeroFaults int
@@ -141,7 +147,7 @@ func newLazyRAM(mem []byte, src RAMSource, onError func(error), log *logrus.Entr
 	}
 	l := &LazyRAM{
 		mem: mem, base: uffd.Addr(mem), src: src, size: src.RAMSize(), chunk: src.ChunkSize(),
-		n: src.Chunks(), onError: onError, log: log, hold: opts.hold, stopFd: -1,
+		n: src.Chunks(), onError: onError, log: log, hold: opts.hold, onEnd: opts.ended, stopFd: -1,
 		quit: make(chan struct{}), done: make(chan struct{}), started: time.Now(),
 	}
 	l.cond = sync.NewCond(&l.mu)
@@ -273,6 +279,9 @@ func (l *LazyRAM) serveFaults() {
 				// A zero page needs no chunk read: place that page alone
 				// (its neighbours may never be touched before the end, and
 				// after it they are ordinary holes), which wakes the thread.
+				// Placing the chunk's other zero pages too was slower
+				// (docs/lazy-load.md): clearing pages costs more here than
+				// the faults it saves.
 				if err := l.fill(m.Address&^(page-1), nil, page); err != nil {
 					l.fail(fmt.Errorf("lazy RAM load: chunk %d: %w", i, err))
 					return
@@ -369,16 +378,39 @@ func (l *LazyRAM) pick() (i int, urgent, ok bool) {
 	}
 }
 
+// denseZeroShare bounds the share of zero pages (1/denseZeroShare) up to
+// which a chunk is placed whole, zero pages included, in one UFFDIO_COPY:
+// a dense chunk's zero pages are mostly single pages between stored runs,
+// and placing each run and each hole apart costs an ioctl apiece (and a
+// fault apiece for holes the guest touches), more than copying a few zero
+// pages along (nested, 256 MiB filled 90%: the format-2 loader, which
+// placed whole chunks, populated RAM in 4517 ms, stored runs alone in
+// 5142 ms; docs/lazy-load.md). The zero pages it places cost at most that
+// share of the chunk in memory.
+const denseZeroShare = 4
+
 // place reads chunk i's stored pages (the source verifies the chunk's
-// CRC) and copies them in; its zero pages stay holes (a fault or Ensure
-// fills them; after the end they are ordinary shmem holes, which read as
-// zeros), so a chunk of zeros costs nothing.
+// CRC) and copies them in. A dense chunk is copied whole; a sparse one's
+// zero pages stay holes (a fault or Ensure fills them; after the end they
+// are ordinary shmem holes, which read as zeros), so a chunk of zeros
+// costs nothing.
 func (l *LazyRAM) place(i int, buf []byte, urgent bool) error {
 	off := uint64(i) * l.chunk
 	length := min(l.chunk, l.size-off)
-	if l.src.ChunkIsZero(i) {
+	pages := int(length / snapshot.PageSize)
+	switch stored := l.src.StoredPages(i).Count(); {
+	case stored == 0:
 		l.zero.Add(1)
-	} else {
+	case (pages-stored)*denseZeroShare <= pages:
+		b := buf[:length]
+		if err := l.src.ReadChunk(i, b); err != nil {
+			return fmt.Errorf("lazy RAM load: %w", err)
+		}
+		if err := l.fill(l.base+off, b, length); err != nil {
+			return fmt.Errorf("lazy RAM load: chunk %d: %w", i, err)
+		}
+		l.zeroed[i].Store(true)
+	default:
 		b := buf[:length]
 		if err := l.src.ReadStored(i, b); err != nil {
 			return fmt.Errorf("lazy RAM load: %w", err)
@@ -553,6 +585,9 @@ func (l *LazyRAM) supervise() {
 	if complete {
 		l.log.Infof("guest RAM loaded lazily in %v: %d chunks (%d zero, %d on demand), %d faults served (%d on zero pages)",
 			st.Elapsed.Round(time.Millisecond), st.Chunks, st.Zero, st.OnDemand, st.Faults, st.ZeroFaults)
+	}
+	if l.onEnd != nil {
+		l.onEnd()
 	}
 	close(l.done)
 }

@@ -379,40 +379,82 @@ func TestLazyRAMEnsureFillsZeroPages(t *testing.T) {
 	if st := l.Stats(); st.ZeroFaults != 1 || st.Holes != 3 {
 		t.Fatalf("%+v: want one zero page placed by its fault, no other chunk's zero pages", st)
 	}
-	// A page is resident when this process maps it (/proc/self/pagemap
-	// bit 63): placed pages are mapped, holes are not.
-	pagemap, err := os.Open("/proc/self/pagemap")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pagemap.Close()
-	resident := func(off uint64) bool {
-		e := make([]byte, 8)
-		if _, err := pagemap.ReadAt(e, int64(uffd.Addr(mem[off:])/4096*8)); err != nil {
-			t.Fatal(err)
-		}
-		return binary.LittleEndian.Uint64(e)&(1<<63) != 0
-	}
 	// The faulting page's zero neighbour, a zero page of a chunk nobody
 	// touched and a chunk of zeros stay holes; stored pages are there.
 	for _, hole := range []uint64{p + 3*4096, 9*testChunk + 4*4096, 10*testChunk + 4096} {
-		if resident(hole) {
+		if resident(t, mem, hole) {
 			t.Errorf("zero page at %#x is resident before the end", hole)
 		}
 	}
-	if !resident(9 * testChunk) {
+	if !resident(t, mem, 9*testChunk) {
 		t.Error("stored page of chunk 9 is not resident")
 	}
 	open()
 	if err := l.Finish(); err != nil {
 		t.Fatal(err)
 	}
-	if resident(10*testChunk + 4096) {
+	if resident(t, mem, 10*testChunk+4096) {
 		t.Error("a chunk of zeros was placed")
 	}
 	if i := mismatch(mem, data); i >= 0 {
 		t.Fatalf("guest RAM differs from the source at +%#x", i)
 	}
+}
+
+// A dense chunk (at most a quarter of its pages zero) is placed whole, its
+// zero pages with it, so a guest touching them does not fault; a sparser
+// one keeps its zero pages as holes.
+func TestLazyRAMPlacesDenseChunksWhole(t *testing.T) {
+	mem := lazyMem(t, testRAM)
+	data := randomRAM(testRAM, testChunk)
+	pages := int(testChunk / 4096)
+	zeros := map[int]int{3: 2, 4: pages / denseZeroShare, 6: pages/denseZeroShare + 1}
+	r := rand.New(rand.NewSource(1))
+	for c, n := range zeros {
+		b := data[c*testChunk : (c+1)*testChunk]
+		r.Read(b)
+		for k := 0; k < n; k++ {
+			clear(b[(2*k+1)*4096 : (2*k+2)*4096]) // single pages between stored ones
+		}
+	}
+	l, err := newLazyRAM(mem, newMemSource(data, testChunk), nil, quietLog(), lazyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := l.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	if st := l.Stats(); st.Faults != 0 || st.Holes != 0 {
+		t.Fatalf("%+v: want no fault and no chunk's holes filled", st)
+	}
+	for c, n := range zeros {
+		dense := n*denseZeroShare <= pages
+		for _, k := range []int{1, 2*n - 1} {
+			if got := resident(t, mem, uint64(c*testChunk+k*4096)); got != dense {
+				t.Errorf("chunk %d (%d zero pages of %d): zero page %d resident %v, want %v", c, n, pages, k, got, dense)
+			}
+		}
+	}
+	if i := mismatch(mem, data); i >= 0 {
+		t.Fatalf("guest RAM differs from the source at +%#x", i)
+	}
+}
+
+// resident reports whether this process maps the page at off of mem
+// (/proc/self/pagemap bit 63): placed pages are mapped, holes are not.
+func resident(t *testing.T, mem []byte, off uint64) bool {
+	t.Helper()
+	pagemap, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pagemap.Close()
+	e := make([]byte, 8)
+	if _, err := pagemap.ReadAt(e, int64(uffd.Addr(mem[off:])/4096*8)); err != nil {
+		t.Fatal(err)
+	}
+	return binary.LittleEndian.Uint64(e)&(1<<63) != 0
 }
 
 func TestLazyRAMCorruptChunkStopsServing(t *testing.T) {
