@@ -3,13 +3,16 @@ package vmm
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/internal/testutil"
+	"github.com/snapvmm/snapvmm/kvm"
 )
 
 // lazyChunk is the chunk size of the snapshot format's RAM.
@@ -53,6 +56,30 @@ func resumeLazy(t *testing.T, vm *VM, out *syncBuffer, src RAMSource, hold <-cha
 	return l, mark
 }
 
+// vcpuNice is the nice value of the paused vm's only vCPU thread.
+func vcpuNice(t *testing.T, vm *VM) int {
+	t.Helper()
+	nice := 0
+	err := vm.onEachVCPU(func(*kvm.VCPU) error {
+		b, err := os.ReadFile("/proc/thread-self/stat")
+		if err != nil {
+			return err
+		}
+		// Fields after the command's closing parenthesis start at the
+		// state (field 3); nice is field 19.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 17 {
+			return fmt.Errorf("short /proc/thread-self/stat: %q", b)
+		}
+		nice, err = strconv.Atoi(f[16])
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nice
+}
+
 // TestLazyRAMCounterContinues empties a paused counter guest's RAM and
 // resumes it with only faults loading chunks: the vCPU's accesses inside
 // KVM_RUN are served by the handler and the guest counts on from where it
@@ -79,12 +106,30 @@ func TestLazyRAMCounterContinues(t *testing.T) {
 	if st.Faults == 0 || st.OnDemand == 0 || st.Loaded == st.Chunks {
 		t.Fatalf("%+v: want the guest's faults to have loaded some chunks, not all", st)
 	}
+	// The vCPU runs at a lower priority while RAM is loading (where it
+	// can be raised back), at its own once RAM is complete.
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	nice := 0
+	if canRaisePriority() {
+		nice = liveSaveNice
+	}
+	if got := vcpuNice(t, vm); got != nice {
+		t.Errorf("vCPU nice %d while RAM loads, want %d", got, nice)
+	}
+	if err := vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
 	close(hold)
 	if err := l.Finish(); err != nil {
 		t.Fatal(err)
 	}
 	if err := vm.Pause(); err != nil {
 		t.Fatal(err)
+	}
+	if got := vcpuNice(t, vm); got != 0 {
+		t.Errorf("vCPU nice %d once RAM is complete, want 0", got)
 	}
 	if got := readU64(t, vm, addr); got <= c {
 		t.Fatalf("counter %d after the lazy load, paused at %d", got, c)

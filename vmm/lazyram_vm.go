@@ -38,8 +38,16 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 	if err := vm.mem.Discard(); err != nil {
 		return nil, fmt.Errorf("lazy RAM load: %w", err)
 	}
+	// The vCPUs run at a lower priority until RAM is complete, as during
+	// a live save (livesave_sched.go): on a host short of CPUs the loaders
+	// get the time a guest would spend faulting on pages they are about
+	// to place anyway (its faults are still served first); a spare CPU
+	// stays the guest's.
+	prio := vm.lowerVCPUPriority("lazy RAM load")
+	opts.ended = prio.restore
 	l, err := newLazyRAM(vm.mem.Bytes(), src, onError, vm.log, opts)
 	if err != nil {
+		prio.restore()
 		return nil, err
 	}
 	vm.lazy.Store(l)
