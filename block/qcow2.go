@@ -325,9 +325,30 @@ func (q *Qcow2) eachCluster(off, n uint64, fn func(vc, in, m uint64) error) erro
 	return nil
 }
 
-// readThrough reads guest bytes through L1 table l1.
+// readThrough reads p from virtual offset off through l1.
 func (q *Qcow2) readThrough(l1 []uint64, p []byte, off uint64) error {
-	return q.eachCluster(off, uint64(len(p)), func(vc, in, n uint64) error {
+	reads, err := q.planRead(l1, p, off)
+	if err != nil {
+		return err
+	}
+	return q.readData(reads)
+}
+
+// dataRead is one read from the image file: dst from host offset host.
+type dataRead struct {
+	dst  []byte
+	host uint64
+}
+
+// planRead resolves a read of p at virtual offset off through l1: it fills
+// the parts that need no data cluster (unallocated or zero clusters:
+// zeros; compressed ones: decompressed) and returns the reads of the
+// rest, neighbours joined where both guest and host offsets are
+// contiguous. It needs q.mu; the reads do not (ReadVMState).
+func (q *Qcow2) planRead(l1 []uint64, p []byte, off uint64) ([]dataRead, error) {
+	var reads []dataRead
+	joinable := false // the last piece was a read ending where this one starts in p
+	err := q.eachCluster(off, uint64(len(p)), func(vc, in, n uint64) error {
 		chunk := p[:n]
 		p = p[n:]
 		l1i, l2i := vc>>q.l2bits, vc&(q.l2n-1)
@@ -341,23 +362,40 @@ func (q *Qcow2) readThrough(l1 []uint64, p []byte, off uint64) error {
 		}
 		switch {
 		case e&flagCompr != 0:
+			joinable = false
 			d, err := q.readCompressed(e &^ (flagCopied | flagCompr))
 			if err != nil {
 				return err
 			}
 			copy(chunk, d[in:])
 		case e&offsetMask == 0 || q.h.version == 3 && e&flagZero != 0:
+			joinable = false
 			clear(chunk)
 		default:
-			host := e & offsetMask
-			m, err := q.f.ReadAt(chunk, int64(host+in))
-			if err != nil && err != io.EOF {
-				return fmt.Errorf("read data cluster at %#x: %w", host, err)
+			host := e&offsetMask + in
+			if k := len(reads) - 1; joinable && reads[k].host+uint64(len(reads[k].dst)) == host {
+				reads[k].dst = reads[k].dst[:len(reads[k].dst)+len(chunk)] // chunk follows it in p
+			} else {
+				reads = append(reads, dataRead{dst: chunk, host: host})
 			}
-			clear(chunk[m:]) // past the end of the file: never written, zeros
+			joinable = true
 		}
 		return nil
 	})
+	return reads, err
+}
+
+// readData does planned reads; past the end of the file a cluster was
+// never written and reads as zeros.
+func (q *Qcow2) readData(reads []dataRead) error {
+	for _, r := range reads {
+		m, err := q.f.ReadAt(r.dst, int64(r.host))
+		if err != nil && err != io.EOF {
+			return fmt.Errorf("read data cluster at %#x: %w", r.host&^(q.cs-1), err)
+		}
+		clear(r.dst[m:])
+	}
+	return nil
 }
 
 // growL1 makes the active L1 table hold at least n entries.

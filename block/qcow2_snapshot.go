@@ -352,27 +352,43 @@ func (q *Qcow2) WriteVMState(p []byte, off int64) error {
 	return nil
 }
 
-// ReadVMState implements Snapshotter.
+// ReadVMState implements Snapshotter. The data clusters are read outside
+// the image's lock, so that loaders reading a vmstate in parallel (a lazy
+// load) are not serialized on one another's reads: a snapshot's clusters
+// are never rewritten in place (copy-on-write) nor freed while it exists,
+// and a caller deleting the snapshot it reads waits for its reads (vmm
+// holds a loaded snapshot until its RAM is complete).
 func (q *Qcow2) ReadVMState(idOrName string, p []byte, off int64) error {
 	q.mu.Lock()
-	defer q.mu.Unlock()
+	reads, err := q.planVMStateRead(idOrName, p, off)
+	q.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := q.readData(reads); err != nil {
+		return fmt.Errorf("read vmstate of %q from qcow2 %q: %w", idOrName, q.name, err)
+	}
+	return nil
+}
+
+func (q *Qcow2) planVMStateRead(idOrName string, p []byte, off int64) ([]dataRead, error) {
 	i := q.find(idOrName)
 	if i < 0 {
-		return fmt.Errorf("read vmstate of %q from qcow2 %q: %w", idOrName, q.name, ErrNoSnapshot)
+		return nil, fmt.Errorf("read vmstate of %q from qcow2 %q: %w", idOrName, q.name, ErrNoSnapshot)
 	}
 	s := q.snaps[i]
 	if off < 0 || uint64(off)+uint64(len(p)) > s.vmStateSize {
-		return fmt.Errorf("read vmstate of %q from qcow2 %q: [%d,+%d) outside its %d bytes", idOrName, q.name, off, len(p), s.vmStateSize)
+		return nil, fmt.Errorf("read vmstate of %q from qcow2 %q: [%d,+%d) outside its %d bytes", idOrName, q.name, off, len(p), s.vmStateSize)
 	}
 	// A load reads the vmstate in many pieces: keep the snapshot's L1.
 	if q.vmL1.off != s.l1Offset || q.vmL1.t == nil {
 		l1, err := q.readTable(s.l1Offset, uint64(s.l1Size))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		q.vmL1.off, q.vmL1.t = s.l1Offset, l1
 	}
-	return q.readThrough(q.vmL1.t, p, q.vmStateOffset()+uint64(off))
+	return q.planRead(q.vmL1.t, p, q.vmStateOffset()+uint64(off))
 }
 
 // dropVMState removes the vmstate area from the active L1 after a snapshot

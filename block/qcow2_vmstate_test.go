@@ -103,6 +103,23 @@ func TestVMStateExtentContiguousZerosUnallocated(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertEqualBytes(t, "vmstate", got, state)
+	// A read is planned as one file read per run of allocated clusters
+	// (here the pairs between the zero clusters), mid-cluster ends too.
+	q.mu.Lock()
+	reads, err := q.planVMStateRead("one", got[:7*cs+100-(cs+cs/2)], cs+cs/2)
+	q.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct{ host, n uint64 }{{base + cs + cs/2, cs/2 + cs}, {base + 4*cs, 2 * cs}, {base + 7*cs, 100}}
+	if len(reads) != len(want) {
+		t.Fatalf("%d reads planned, want %d: %+v", len(reads), len(want), reads)
+	}
+	for i, r := range reads {
+		if r.host != want[i].host || uint64(len(r.dst)) != want[i].n {
+			t.Errorf("read %d: %d bytes at host %#x, want %d at %#x", i, len(r.dst), r.host, want[i].n, want[i].host)
+		}
+	}
 
 	// A save that ends without a snapshot leaves clusters in the active
 	// image; the next BeginVMState must not let them show through.
