@@ -43,7 +43,7 @@ type LazyRAM struct {
 	onError func(error)
 	log     *logrus.Entry
 	hold    <-chan struct{} // background loading waits for it (tests); nil: no wait
-	onEnd   func()          // lazyOptions.ended
+	onEnd   func()          // lazyOptions.onEnd
 
 	fd *uffd.FD
 	// The fault handler waits in a blocking read, which only an event
@@ -96,9 +96,9 @@ const (
 // Loaders read chunks in parallel (ReadStored may wait for the disk); each
 // owns one chunk buffer, so a session holds at most lazyLoaders chunks of
 // memory besides guest RAM. No more loaders than CPUs: with the vmstate
-// in the page cache loading is CPU work, and extra loaders only contend
-// for the image's lock (2 loaders on a 2-CPU machine populated 256 MiB in
-// 0.74 s where 4 took 1.0 s, nested).
+// in the page cache loading is CPU work (2 loaders on a 2-CPU machine
+// populated 256 MiB in 0.74 s where 4 took 1.0 s, nested, measured while
+// reads still held the image's lock).
 func lazyLoaders() int { return snapshot.Workers(0) }
 
 // maxLazyChunk bounds the chunk size a source may ask for, and with it the
@@ -111,9 +111,9 @@ type lazyOptions struct {
 	// hold, when not nil, keeps background loading waiting until it is
 	// closed, so only faults and Ensure load chunks until then.
 	hold <-chan struct{}
-	// ended, when not nil, is called once the session is over, before
+	// onEnd, when not nil, is called once the session is over, before
 	// Done is closed.
-	ended func()
+	onEnd func()
 }
 
 // LazyRAMStats describe a session's progress.
@@ -147,7 +147,7 @@ func newLazyRAM(mem []byte, src RAMSource, onError func(error), log *logrus.Entr
 	}
 	l := &LazyRAM{
 		mem: mem, base: uffd.Addr(mem), src: src, size: src.RAMSize(), chunk: src.ChunkSize(),
-		n: src.Chunks(), onError: onError, log: log, hold: opts.hold, onEnd: opts.ended, stopFd: -1,
+		n: src.Chunks(), onError: onError, log: log, hold: opts.hold, onEnd: opts.onEnd, stopFd: -1,
 		quit: make(chan struct{}), done: make(chan struct{}), started: time.Now(),
 	}
 	l.cond = sync.NewCond(&l.mu)
@@ -398,27 +398,27 @@ func (l *LazyRAM) place(i int, buf []byte, urgent bool) error {
 	off := uint64(i) * l.chunk
 	length := min(l.chunk, l.size-off)
 	pages := int(length / snapshot.PageSize)
-	switch stored := l.src.StoredPages(i).Count(); {
-	case stored == 0:
+	if stored := l.src.StoredPages(i).Count(); stored == 0 {
 		l.zero.Add(1)
-	case (pages-stored)*denseZeroShare <= pages:
+	} else {
 		b := buf[:length]
-		if err := l.src.ReadChunk(i, b); err != nil {
+		dense := (pages-stored)*denseZeroShare <= pages
+		read, copyRuns := l.src.ReadStored, l.eachRun
+		if dense {
+			// The whole chunk, its zero pages cleared, as one run.
+			read = l.src.ReadChunk
+			copyRuns = func(_ int, _ bool, f func(from, to uint64) error) error { return f(0, length) }
+		}
+		if err := read(i, b); err != nil {
 			return fmt.Errorf("lazy RAM load: %w", err)
 		}
-		if err := l.fill(l.base+off, b, length); err != nil {
-			return fmt.Errorf("lazy RAM load: chunk %d: %w", i, err)
-		}
-		l.zeroed[i].Store(true)
-	default:
-		b := buf[:length]
-		if err := l.src.ReadStored(i, b); err != nil {
-			return fmt.Errorf("lazy RAM load: %w", err)
-		}
-		if err := l.eachRun(i, true, func(from, to uint64) error {
+		if err := copyRuns(i, true, func(from, to uint64) error {
 			return l.fill(l.base+off+from, b[from:to], to-from)
 		}); err != nil {
 			return fmt.Errorf("lazy RAM load: chunk %d: %w", i, err)
+		}
+		if dense {
+			l.zeroed[i].Store(true)
 		}
 	}
 	// Counted before it is marked present, so whoever Ensure releases

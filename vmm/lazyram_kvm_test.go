@@ -113,7 +113,7 @@ func TestLazyRAMCounterContinues(t *testing.T) {
 	}
 	nice := 0
 	if canRaisePriority() {
-		nice = liveSaveNice
+		nice = backgroundNice
 	}
 	if got := vcpuNice(t, vm); got != nice {
 		t.Errorf("vCPU nice %d while RAM loads, want %d", got, nice)

@@ -44,7 +44,7 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 	// to place anyway (its faults are still served first); a spare CPU
 	// stays the guest's.
 	prio := vm.lowerVCPUPriority("lazy RAM load")
-	opts.ended = prio.restore
+	opts.onEnd = prio.restore
 	l, err := newLazyRAM(vm.mem.Bytes(), src, onError, vm.log, opts)
 	if err != nil {
 		prio.restore()

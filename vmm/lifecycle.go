@@ -91,14 +91,13 @@ func (vm *VM) Start(paused bool) error {
 		return fmt.Errorf("start VM: VM is %s and was started before", vm.state)
 	}
 	vm.started = true
+	addVCPUProcs(len(vm.vcpus)) // procs.go; Close gives them back once started
 	if paused {
 		vm.req = reqPause
 	} else if err := vm.transition(StateRunning); err != nil {
 		return fmt.Errorf("start VM: %w", err)
 	}
 	vm.running = len(vm.vcpus)
-	vm.procs = len(vm.vcpus)
-	addVCPUProcs(vm.procs) // procs.go
 	ready := make(chan error, len(vm.vcpus))
 	for _, c := range vm.vcpus {
 		go vm.runVCPU(c, ready)
@@ -289,9 +288,11 @@ func (vm *VM) Close() error {
 	}
 	vm.mu.Lock()
 	vm.closed = true
-	procs := vm.procs
+	wasStarted := vm.started
 	vm.mu.Unlock()
-	addVCPUProcs(-procs)
+	if wasStarted {
+		addVCPUProcs(-len(vm.vcpus))
+	}
 	vm.endLazyRAM()
 	vm.endLiveSave()
 	var errs []error

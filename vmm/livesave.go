@@ -164,7 +164,8 @@ func (s *LiveSave) write() (n uint64, err error) {
 // the CPU the guest would otherwise spin on, as with the guest paused. A
 // spare CPU stays the guest's. Measured in the nested bench (256 MiB, the
 // fill guest spinning on its UART): one writer made the live save 1.8x
-// the paused one, a writer per CPU 1.2x.
+// the paused one, a writer per CPU 1.2x, and 1.0x once the vCPUs had Ps
+// of their own (procs.go).
 func liveWriters() int { return snapshot.Workers(0) }
 
 // areaOptions are Save's options for a qcow2 vmstate area: writes in

@@ -8,12 +8,13 @@ import (
 	"github.com/snapvmm/snapvmm/kvm"
 )
 
-// liveSaveNice is the nice value of the vCPU threads while a live save
-// writes RAM, or a lazy load fills it. On a host with idle CPUs it changes nothing; on a saturated
-// one the save's writers (nice 0) get the CPU time they would have had
-// with the guest paused, and the guest keeps a share (about a tenth of a
-// writer's), instead of a busy guest stretching the save out.
-const liveSaveNice = 10
+// backgroundNice is the nice value of the vCPU threads while a live save
+// writes RAM or a lazy load fills it. On a host with idle CPUs it changes
+// nothing; on a saturated one the writers or loaders (nice 0) get the CPU
+// time they would have had with the guest paused, and the guest keeps a
+// share (about a tenth of a worker's), instead of a busy guest stretching
+// the work out.
+const backgroundNice = 10
 
 // vcpuPriority is the vCPU threads' priority lowered for a live save.
 type vcpuPriority struct {
@@ -41,7 +42,7 @@ func (vm *VM) lowerVCPUPriority(what string) *vcpuPriority {
 	}
 	err := vm.onEachVCPU(func(*kvm.VCPU) error {
 		tid := unix.Gettid()
-		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, liveSaveNice); err != nil {
+		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, backgroundNice); err != nil {
 			return err
 		}
 		p.mu.Lock()

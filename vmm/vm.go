@@ -124,7 +124,6 @@ type VM struct {
 	cond    *sync.Cond
 	state   State // written only by transition
 	started bool  // the vCPU goroutines were started
-	procs   int   // the Ps this VM added to GOMAXPROCS for its vCPUs (procs.go)
 	req     request
 	parked  int // vCPUs parked for the current pause
 	running int // vCPU goroutines alive
