@@ -12,6 +12,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,6 +71,11 @@ var vmms = []string{"snapvmm", "snapvmm-eager", "snapvmm-paused", "qemu"}
 // vcpuAffinity is -cpu-affinity.
 var vcpuAffinity string
 
+// snapvmmLog is -log-level: snapvmm's --log-level in the main runs; above
+// error, its log is also copied to this program's stderr (where a lazy
+// load's statistics line tells where the time went).
+var snapvmmLog string
+
 // chooseVMMs checks a -vmms list against the known columns and keeps
 // their order.
 func chooseVMMs(list string) ([]string, error) {
@@ -104,6 +110,7 @@ func main() {
 	incRAM := flag.String("incremental", "256M,1G", "RAM sizes of the incremental-save runs (comma-separated; empty: none)")
 	only := flag.String("vmms", strings.Join(vmms, ","), "the columns to measure (comma-separated, of "+strings.Join(vmms, ", ")+")")
 	flag.StringVar(&vcpuAffinity, "cpu-affinity", "", "snapvmm's --cpu-affinity for its vCPU threads (empty: none)")
+	flag.StringVar(&snapvmmLog, "log-level", "error", "snapvmm's --log-level; above error its log is copied to stderr")
 	flag.Parse()
 	chosen, err := chooseVMMs(*only)
 	if err != nil {
@@ -279,9 +286,12 @@ func runSnapvmm(dir, bin, guest string, s scenario, loadMode, saveMode string) (
 	// RAM by writing to it, and reads the answers.
 	cmd := exec.Command(bin, "run", "--kernel", g, "--memory", strconv.FormatUint(s.RAM>>20, 10)+"M",
 		"--serial", "stdio", "--drive", "file="+img+",node-name=disk0,if=none", "--qmp", "unix:"+sock,
-		"--load-mode", loadMode, "--save-mode", saveMode, "--log-level", "error", "--cpu-affinity", vcpuAffinity)
+		"--load-mode", loadMode, "--save-mode", saveMode, "--log-level", snapvmmLog, "--cpu-affinity", vcpuAffinity)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
+	if snapvmmLog != "error" {
+		cmd.Stderr = io.MultiWriter(&stderr, os.Stderr)
+	}
 	con := &console{}
 	cmd.Stdout = con
 	in, err := cmd.StdinPipe()

@@ -97,6 +97,13 @@ func startMakeRun(t *testing.T) (*terminal, string) {
 		if t.Failed() {
 			// Quoted: escape sequences and carriage returns are evidence.
 			t.Logf("terminal output, raw bytes:\n%q", term.output())
+			// Nested, the emulated machine's kernel log (tests/nested/reboot.go).
+			if log, err := os.ReadFile(filepath.Join(cmd.Dir, "build/nested-machine.log")); err == nil {
+				if len(log) > 8192 {
+					log = log[len(log)-8192:]
+				}
+				t.Logf("the end of build/nested-machine.log:\n%s", log)
+			}
 		}
 		master.Close()
 		slave.Close()

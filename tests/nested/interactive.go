@@ -42,7 +42,10 @@ const quitGrace = 20 * time.Second
 // interactiveInit is /init of the nested machine in -interactive mode:
 // snapvmm boots the guest with its console on the machine's console; its
 // exit status leaves QEMU through the isa-debug-exit port (QEMU exits
-// with 2*status+1), so nothing but the guest's output is printed.
+// with 2*status+1), so nothing but the guest's output is printed. The
+// machine's kernel log, all of it from its boot on, goes to the second
+// serial port (machineLog). Not as a second kernel console: that console
+// once stalled, and with it snapvmm's exit on Ctrl-a x.
 func interactiveInit(memory string, cpus int) []byte {
 	pin := ""
 	if pinCPU {
@@ -50,6 +53,7 @@ func interactiveInit(memory string, cpus int) []byte {
 	}
 	return []byte(initPrologue + fmt.Sprintf(`insmod /mod/e1000.ko && ip link set lo up && ip addr add %[1]s/24 dev eth0 && ip link set eth0 up
 dmesg -n 1
+cat /dev/kmsg >/dev/ttyS1 &
 cd /repo
 %[2]ssnapvmm run --kernel build/guest/bzImage --initrd build/guest/initramfs.cpio \
 	--append "console=ttyS0 reboot=k panic=-1" --memory %[3]s --cpus %[4]d \
@@ -105,21 +109,34 @@ func interactive(memMiB int, guestMem string, guestCPUs int, qmpPath, why string
 	if err != nil {
 		return 1, err
 	}
-	cmd := exec.Command("qemu-system-x86_64",
-		"-accel", "tcg,thread="+tcgThreads, "-cpu", "max", "-smp", fmt.Sprint(cpus), "-m", fmt.Sprint(memMiB),
-		// -display none, not -nographic: that would make SeaBIOS print
-		// on the serial console too.
-		"-display", "none", "-no-reboot", "-nodefaults",
-		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
-		"-netdev", fmt.Sprintf("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:%d-%s:%d", port, guestAddr, innerQMPPort),
-		"-device", "e1000,netdev=net0,romfile=",
-		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x01",
-		"-kernel", filepath.Join(kdir, "vmlinuz"), "-initrd", initrd,
-		"-append", "console=ttyS0 quiet loglevel=1 panic=-1")
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		return 1, err
+	if err := os.WriteFile(machineLog, nil, 0o644); err != nil {
+		return 1, fmt.Errorf("the emulated machine's log: %w", err)
+	}
+	boots := 0
+	newCmd := func() *exec.Cmd {
+		boots++
+		if f, err := os.OpenFile(machineLog, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+			fmt.Fprintf(f, "=== make run: boot %d of the emulated machine, %s\n", boots, time.Now().Format(time.RFC3339))
+			f.Close()
+		}
+		cmd := exec.Command("qemu-system-x86_64",
+			"-accel", "tcg,thread="+tcgThreads, "-cpu", "max", "-smp", fmt.Sprint(cpus), "-m", fmt.Sprint(memMiB),
+			// -display none, not -nographic: that would make SeaBIOS print
+			// on the serial console too.
+			"-display", "none", "-no-reboot", "-nodefaults",
+			// ttyS0 is the console; init copies the kernel's log to
+			// ttyS1, and so to the log file.
+			"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
+			"-chardev", "file,id=klog,append=on,path="+machineLog, "-serial", "chardev:klog",
+			"-netdev", fmt.Sprintf("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:%d-%s:%d", port, guestAddr, innerQMPPort),
+			"-device", "e1000,netdev=net0,romfile=",
+			"-device", "isa-debug-exit,iobase=0xf4,iosize=0x01",
+			"-kernel", filepath.Join(kdir, "vmlinuz"), "-initrd", initrd,
+			// oops=panic: a machine whose kernel oopses stops (and is
+			// booted again) rather than hanging with snapvmm half dead.
+			"-append", "console=ttyS0 quiet loglevel=1 panic=-1 oops=panic")
+		cmd.Stderr = os.Stderr
+		return cmd
 	}
 	if qmpPath != "" {
 		l, err := qmpProxy(qmpPath, fmt.Sprintf("127.0.0.1:%d", port))
@@ -136,36 +153,18 @@ func interactive(memMiB int, guestMem string, guestCPUs int, qmpPath, why string
 	go watchMakeInterrupt(sigs)
 	restore := rawTerminal()
 	defer restore()
-	copied, err := startWithOutput(cmd, os.Stdout)
-	if err != nil {
-		return 1, fmt.Errorf("start qemu-system-x86_64: %w", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	keys := &keySink{}
 	quit := make(chan struct{}, 1)
-	go forwardKeys(os.Stdin, in, quit)
-	var killedBy os.Signal
-	for done := false; !done; {
-		select {
-		case err = <-exited:
-			done = true
-		case s := <-sigs:
-			killedBy = s
-			cmd.Process.Signal(syscall.SIGTERM)
-		case <-quit:
-			go func() {
-				time.Sleep(quitGrace)
-				cmd.Process.Kill()
-			}()
-		}
-	}
-	<-copied // the machine's last words, before the terminal is restored
+	go forwardKeys(os.Stdin, keys, quit)
+	r := &machineRun{newCmd: newCmd, out: os.Stdout, keys: keys, sigs: sigs, quit: quit,
+		// The terminal is raw: a line needs its carriage return.
+		note: func(line string) { fmt.Fprintf(os.Stderr, "\r\nsnapvmm: %s\r\n", line) }}
+	code, err := r.run()
 	restore()
-	if sig, ok := killedBy.(syscall.Signal); ok {
-		fmt.Fprintf(os.Stderr, "snapvmm: stopped the emulated machine on signal %v\n", sig)
-		return 128 + int(sig), nil
+	if code > 128 && err == nil {
+		fmt.Fprintf(os.Stderr, "snapvmm: stopped the emulated machine on signal %v\n", syscall.Signal(code-128))
 	}
-	return machineStatus(cmd.ProcessState, err)
+	return code, err
 }
 
 // startWithOutput starts cmd with a pipe as its stdout and copies what

@@ -103,6 +103,7 @@ func TestInteractiveInit(t *testing.T) {
 	for _, want := range []string{
 		initPrologue,
 		"insmod /mod/e1000.ko",
+		"cat /dev/kmsg >/dev/ttyS1 &\n",
 		"taskset -c 0 snapvmm run --kernel build/guest/bzImage --initrd build/guest/initramfs.cpio",
 		"--memory 512M --cpus 2",
 		"--qmp tcp:10.0.2.15:4444",
@@ -178,5 +179,92 @@ func TestMachineLeavesTerminalBlocking(t *testing.T) {
 	<-copied
 	if nonblock() {
 		t.Fatal("the terminal is non-blocking after QEMU")
+	}
+}
+
+// fakeMachines returns a machineRun whose machines are the shell scripts
+// given, one per boot, and the lines it notes.
+func fakeMachines(t *testing.T, scripts ...string) (*machineRun, *bytes.Buffer, *[]string) {
+	t.Helper()
+	var out bytes.Buffer
+	var notes []string
+	boot := 0
+	r := &machineRun{
+		newCmd: func() *exec.Cmd {
+			if boot >= len(scripts) {
+				t.Fatalf("boot %d: only %d machines expected", boot+1, len(scripts))
+			}
+			boot++
+			return exec.Command("sh", "-c", scripts[boot-1])
+		},
+		out:  &out,
+		keys: &keySink{},
+		sigs: make(chan os.Signal),
+		quit: make(chan struct{}),
+		note: func(s string) { notes = append(notes, s) },
+	}
+	return r, &out, &notes
+}
+
+// A machine whose kernel dies (QEMU exits 0 without snapvmm's status) is
+// booted again, saying so once; the next one's status is the answer.
+func TestMachineRunBootsAgainAfterCrash(t *testing.T) {
+	r, out, notes := fakeMachines(t, "exit 0", "printf guest; exit 5")
+	code, err := r.run()
+	if code != 2 || err != nil {
+		t.Fatalf("status %d %v, want snapvmm's 2", code, err)
+	}
+	if len(*notes) != 1 || !strings.Contains((*notes)[0], "crashed before anyone used it") || !strings.Contains((*notes)[0], machineLog) {
+		t.Fatalf("notes %q", *notes)
+	}
+	if out.String() != "guest" {
+		t.Fatalf("output %q", out.String())
+	}
+}
+
+// A machine that shows nothing for silentLimit is stopped and booted
+// again; one that keeps crashing is given up after bootAttempts boots.
+func TestMachineRunSilentAndGivingUp(t *testing.T) {
+	defer func(d time.Duration) { silentLimit = d }(silentLimit)
+	silentLimit = 300 * time.Millisecond
+	r, _, notes := fakeMachines(t, "exec sleep 60", "printf hi; exit 1")
+	if code, err := r.run(); code != 0 || err != nil {
+		t.Fatalf("status %d %v, want 0", code, err)
+	}
+	if len(*notes) != 1 || !strings.Contains((*notes)[0], "showed nothing for 300ms") {
+		t.Fatalf("notes %q", *notes)
+	}
+	crashes := make([]string, bootAttempts)
+	for i := range crashes {
+		crashes[i] = "exit 0"
+	}
+	r, _, notes = fakeMachines(t, crashes...)
+	code, err := r.run()
+	if code != 1 || err == nil || !strings.Contains(err.Error(), "before snapvmm reported") || len(*notes) != bootAttempts-1 {
+		t.Fatalf("after %d crashes: status %d %v, notes %q", bootAttempts, code, err, *notes)
+	}
+	// Still silent at the last boot: the error says so.
+	r, _, _ = fakeMachines(t, "exec sleep 60", "exec sleep 60", "exec sleep 60")
+	if code, err := r.run(); code != 1 || err == nil || !strings.Contains(err.Error(), "showed nothing of the guest") {
+		t.Fatalf("silent machines: status %d %v", code, err)
+	}
+}
+
+// A machine someone typed at is theirs: its crash ends make run, with no
+// new boot that would throw their session away.
+func TestMachineRunNoRebootAfterKeys(t *testing.T) {
+	r, out, notes := fakeMachines(t, "read line; printf 'got %s' \"$line\"; exit 0")
+	go func() {
+		for r.keys.n.Load() == 0 {
+			r.keys.Write([]byte("ls\n"))
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	code, err := r.run()
+	if code != 1 || err == nil || !strings.Contains(err.Error(), "before snapvmm reported") || len(*notes) != 0 {
+		t.Fatalf("status %d %v, notes %q", code, err, *notes)
+	}
+	if out.String() != "got ls" {
+		t.Fatalf("output %q", out.String())
 	}
 }
