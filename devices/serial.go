@@ -74,6 +74,13 @@ type Serial struct {
 	pending                           []byte // host input waiting for FIFO space
 	thrPending                        bool   // THRE interrupt latched
 	level                             bool
+
+	// While a restore runs (HoldInput), host input waits in typed: the
+	// restore replaces the FIFO and queue with the snapshot's, and these
+	// keys were typed for the guest that runs after it.
+	holds     int // HoldInput calls not yet released
+	typed     []byte
+	typedLost bool // held input beyond uartInputMax was dropped
 }
 
 // NewSerial makes a UART writing guest output to out (nil discards) and
@@ -101,6 +108,48 @@ func (s *Serial) reset() {
 func (s *Serial) Input(b []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.holds > 0 {
+		n := min(len(b), uartInputMax-len(s.typed))
+		s.typed = append(s.typed, b[:n]...)
+		s.typedLost = s.typedLost || n < len(b)
+		return
+	}
+	s.queue(b)
+}
+
+// HoldInput keeps host input away from the device's state until the
+// matching ReleaseInput (holds nest), as QEMU's chardevs wait while a
+// snapshot loads: keys typed during a restore reach the restored guest
+// instead of being overwritten with the snapshot's FIFO.
+func (s *Serial) HoldInput() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.holds++
+}
+
+// ReleaseInput ends a HoldInput; the last one queues the input held
+// behind what the device now holds, in the order typed.
+func (s *Serial) ReleaseInput() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.holds == 0 {
+		return
+	}
+	if s.holds--; s.holds > 0 {
+		return
+	}
+	typed, lost := s.typed, s.typedLost
+	s.typed, s.typedLost = nil, false
+	if lost {
+		s.lsr |= lsrOE // reported as Input reports its own overflow
+	}
+	if len(typed) > 0 || lost {
+		s.queue(typed)
+	}
+}
+
+// queue adds host input behind the pending bytes. Called with mu held.
+func (s *Serial) queue(b []byte) {
 	room := uartInputMax - len(s.pending)
 	if len(b) > room {
 		b = b[:room]

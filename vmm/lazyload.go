@@ -26,6 +26,7 @@ func (vm *VM) LoadStateLazy(r io.ReaderAt, size uint64, onError func(error)) (*L
 	if s := vm.State(); s.Running() || s == StateShutdown {
 		return nil, fmt.Errorf("lazy load: VM is %s, not stopped", s)
 	}
+	defer vm.holdInput()()
 	// A previous session's pages are about to be replaced.
 	vm.endLazyRAM()
 	vm.dropRAMBase()

@@ -37,6 +37,14 @@ func (vm *VM) transition(to State) error {
 	if to == StateRunning {
 		vm.runSince = now
 	}
+	// Keys typed while a running VM is restored are for the guest that
+	// runs after it, as in QEMU, whose chardevs wait during a load.
+	if vm.Serial != nil && to == StateRestoreVM {
+		vm.Serial.HoldInput()
+	}
+	if vm.Serial != nil && from == StateRestoreVM {
+		vm.Serial.ReleaseInput()
+	}
 	vm.state = to
 	vm.notes = append(vm.notes, stateNote{from, to})
 	return nil

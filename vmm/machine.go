@@ -163,6 +163,7 @@ func saveToArea(m snapshot.Machine, area block.VMStateArea, progress snapshot.Pr
 // before it returns. A lazy load still serving RAM is ended first: its
 // pages are about to be replaced.
 func (vm *VM) LoadState(r io.ReaderAt, size uint64) error {
+	defer vm.holdInput()()
 	vm.endLazyRAM()
 	vm.endLiveSave()
 	vm.dropRAMBase()
@@ -172,4 +173,14 @@ func (vm *VM) LoadState(r io.ReaderAt, size uint64) error {
 // VerifyState checks a state stream against this VM without changing it.
 func (vm *VM) VerifyState(r io.ReaderAt, size uint64) error {
 	return snapshot.Verify(vm, r, size)
+}
+
+// holdInput keeps the keys typed during a restore for the restored guest
+// (devices.Serial.HoldInput) until the returned function runs.
+func (vm *VM) holdInput() func() {
+	if vm.Serial == nil {
+		return func() {}
+	}
+	vm.Serial.HoldInput()
+	return vm.Serial.ReleaseInput
 }
