@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snapvmm/snapvmm/internal/uffd"
+	"github.com/snapvmm/snapvmm/kvm"
 	"github.com/snapvmm/snapvmm/snapshot"
 )
 
@@ -45,6 +46,17 @@ type LazyRAM struct {
 	onEnd   func()          // lazyOptions.onEnd
 
 	fd *uffd.FD
+	// alias is a second mapping of mem's pages, in reuse mode (where the
+	// kernel offers MINOR mode on shmem; nil elsewhere or with
+	// lazyOptions.noReuse). Guest RAM's pages are then not freed: the
+	// guest's page tables are zapped, the old pages stay in the page
+	// cache, and a guest access to one is a MINOR fault that waits like a
+	// MISSING one. A dense chunk is read over its old pages through the
+	// alias and mapped with UFFDIO_CONTINUE once its CRC has passed: no
+	// page to allocate and one kernel copy per byte, like an eager load
+	// into a VM's existing RAM. Other chunks are emptied through the
+	// alias (MADV_REMOVE), then placed as without it.
+	alias []byte
 	// The fault handler waits in a blocking read, which only an event
 	// ends: to stop it, a goroutine makes the kernel read sentinel, a
 	// registered page of its own, by writing it to stopFd (a memfd).
@@ -71,6 +83,7 @@ type LazyRAM struct {
 	faults    atomic.Int64
 	holes     atomic.Int64 // chunks whose zero pages Ensure filled
 	zeroFault atomic.Int64 // faults on zero pages, each answered with that page
+	inPlaceN  atomic.Int64 // chunks read over their old pages
 
 	quit     chan struct{}
 	quitOnce sync.Once
@@ -105,7 +118,20 @@ type lazyOptions struct {
 	// onEnd, when not nil, is called once the session is over, before
 	// Done is closed.
 	onEnd func()
+	// reuse chooses reuse mode where the kernel offers it: reuseAuto
+	// where the snapshot is worth it (reuseFits), or always, or never
+	// (guest RAM's pages freed, every chunk copied with UFFDIO_COPY).
+	reuse reuseMode
 }
+
+// reuseMode is lazyOptions.reuse.
+type reuseMode int
+
+const (
+	reuseAuto reuseMode = iota
+	reuseAlways
+	reuseNever
+)
 
 // LazyRAMStats describe a session's progress.
 type LazyRAMStats struct {
@@ -120,7 +146,10 @@ type LazyRAMStats struct {
 	// ZeroFaults are the faults on zero pages, each served with that page
 	// alone (no chunk read).
 	ZeroFaults int
-	Elapsed    time.Duration // since the start, or the session's whole length once ended
+	// InPlace are the chunks read over their old pages through the alias
+	// and mapped with UFFDIO_CONTINUE.
+	InPlace int
+	Elapsed time.Duration // since the start, or the session's whole length once ended
 }
 
 // newLazyRAM starts serving mem (a MAP_SHARED|MAP_ANONYMOUS mapping that no
@@ -146,7 +175,8 @@ func newLazyRAM(mem []byte, src RAMSource, onError func(error), log *logrus.Entr
 	l.requested = make([]atomic.Bool, l.n)
 	l.zeroed = make([]atomic.Bool, l.n)
 	l.urgent = make(chan int, l.n)
-	if err := l.register(); err != nil {
+	reuse := opts.reuse == reuseAlways || opts.reuse == reuseAuto && reuseFits(src)
+	if err := l.register(reuse); err != nil {
 		l.release()
 		return nil, err
 	}
@@ -180,16 +210,19 @@ func checkSource(src RAMSource, ramSize uint64) error {
 }
 
 // register opens the descriptor, sets up the handler's stop page, then
-// registers guest RAM and empties it. Everything that may fail comes
+// registers guest RAM (also in MINOR mode, with an alias, where reuse is
+// wanted and offered) and empties it (zaps its page tables only, in reuse
+// mode). Everything that may fail comes
 // before guest RAM changes. Registration before emptying means no page
 // can be filled by someone else between the two: once registered, every
 // access to an emptied page comes to us.
-func (l *LazyRAM) register() error {
+func (l *LazyRAM) register(reuse bool) error {
 	var err error
 	if l.fd, err = uffd.Open(false); err != nil {
 		return fmt.Errorf("lazy RAM load: %w", err)
 	}
-	if _, _, err := l.fd.Handshake(uffd.FeatureMissingShmem); err != nil {
+	offered, _, err := l.fd.Handshake(uffd.FeatureMissingShmem)
+	if err != nil {
 		return fmt.Errorf("lazy RAM load: %w", err)
 	}
 	page := unix.Getpagesize()
@@ -202,16 +235,28 @@ func (l *LazyRAM) register() error {
 	if l.stopFd, err = unix.MemfdCreate("snapvmm-lazyram-stop", unix.MFD_CLOEXEC); err != nil {
 		return fmt.Errorf("lazy RAM load: memfd: %w", err)
 	}
-	ioctls, err := l.fd.Register(l.base, l.size, uffd.ModeMissing)
+	mode, want := uint64(uffd.ModeMissing), uint64(uffd.IoctlCopy|uffd.IoctlZeroPage|uffd.IoctlWake)
+	if reuse && offered&uffd.FeatureMinorShmem != 0 {
+		if l.alias, err = kvm.AliasMapping(l.mem); err != nil {
+			return fmt.Errorf("lazy RAM load: %w", err)
+		}
+		mode, want = mode|uffd.ModeMinor, want|uffd.IoctlContinue
+	}
+	ioctls, err := l.fd.Register(l.base, l.size, mode)
 	if err != nil {
 		return fmt.Errorf("lazy RAM load: register guest RAM: %w", err)
 	}
-	if want := uint64(uffd.IoctlCopy | uffd.IoctlZeroPage | uffd.IoctlWake); ioctls&want != want {
-		return fmt.Errorf("lazy RAM load: guest RAM's registration offers ioctls %#x, not COPY, ZEROPAGE and WAKE", ioctls)
+	if ioctls&want != want {
+		return fmt.Errorf("lazy RAM load: guest RAM's registration offers ioctls %#x, not %#x", ioctls, want)
 	}
-	// MADV_REMOVE frees shmem pages (MADV_DONTNEED would only unmap them
-	// and the next access would find the old page again).
-	if err := unix.Madvise(l.mem, unix.MADV_REMOVE); err != nil {
+	// MADV_REMOVE frees shmem pages; MADV_DONTNEED only unmaps them, and
+	// the next access finds the old page again: a MINOR fault in reuse
+	// mode, which waits for the chunk like a MISSING one.
+	empty := unix.MADV_REMOVE
+	if l.alias != nil {
+		empty = unix.MADV_DONTNEED
+	}
+	if err := unix.Madvise(l.mem, empty); err != nil {
 		return fmt.Errorf("lazy RAM load: empty guest RAM: %w", err)
 	}
 	l.fdOpen = true
@@ -234,6 +279,10 @@ func (l *LazyRAM) release() {
 	if l.sentinel != nil {
 		unix.Munmap(l.sentinel)
 		l.sentinel = nil
+	}
+	if l.alias != nil {
+		unix.Munmap(l.alias) // the loaders are done with it (supervise)
+		l.alias = nil
 	}
 }
 
@@ -266,7 +315,9 @@ func (l *LazyRAM) serveFaults() {
 			}
 			l.faults.Add(1)
 			i := int((m.Address - l.base) / l.chunk)
-			if k := int((m.Address - l.base) % l.chunk / page); !l.src.StoredPages(i).Stored(k) {
+			// In reuse mode a page of a chunk not placed yet may hold
+			// the old guest's data: it waits for its chunk, zero or not.
+			if k := int((m.Address - l.base) % l.chunk / page); !l.src.StoredPages(i).Stored(k) && (l.alias == nil || l.state[i].Load() == chunkPresent) {
 				// A zero page needs no chunk read: place that page alone
 				// (its neighbours may never be touched before the end, and
 				// after it they are ordinary holes), which wakes the thread.
@@ -364,6 +415,8 @@ func (l *LazyRAM) supervise() {
 		if err := l.fd.Unregister(l.base, l.size); err != nil {
 			l.log.Errorf("lazy RAM load: %v", err)
 		}
+	} else {
+		l.emptyMissing()
 	}
 	l.release()
 	l.mu.Lock()
@@ -372,13 +425,31 @@ func (l *LazyRAM) supervise() {
 	l.mu.Unlock()
 	st := l.Stats()
 	if complete {
-		l.log.Infof("guest RAM loaded lazily in %v: %d chunks (%d zero, %d on demand), %d faults served (%d on zero pages)",
-			st.Elapsed.Round(time.Millisecond), st.Chunks, st.Zero, st.OnDemand, st.Faults, st.ZeroFaults)
+		l.log.Infof("guest RAM loaded lazily in %v: %d chunks (%d zero, %d on demand, %d read in place), %d faults served (%d on zero pages)",
+			st.Elapsed.Round(time.Millisecond), st.Chunks, st.Zero, st.OnDemand, st.InPlace, st.Faults, st.ZeroFaults)
 	}
 	if l.onEnd != nil {
 		l.onEnd()
 	}
 	close(l.done)
+}
+
+// emptyMissing frees, in reuse mode, the old pages of every chunk not
+// placed, before the descriptor closes: pages never loaded read as zeros,
+// never as the memory of the guest that ran before the load.
+func (l *LazyRAM) emptyMissing() {
+	if l.alias == nil {
+		return
+	}
+	for i := range l.n {
+		if l.state[i].Load() == chunkPresent {
+			continue
+		}
+		off := uint64(i) * l.chunk
+		if err := unix.Madvise(l.alias[off:off+min(l.chunk, l.size-off)], unix.MADV_REMOVE); err != nil {
+			l.log.Errorf("lazy RAM load: empty chunk %d: %v", i, err)
+		}
+	}
 }
 
 // Done is closed when the session is over: every chunk in place, or ended
@@ -501,5 +572,5 @@ func (l *LazyRAM) Stats() LazyRAMStats {
 		el = time.Since(l.started)
 	}
 	return LazyRAMStats{Chunks: l.n, Loaded: int(l.loaded.Load()), Zero: int(l.zero.Load()),
-		OnDemand: int(l.onDemand.Load()), Faults: int(l.faults.Load()), Holes: int(l.holes.Load()), ZeroFaults: int(l.zeroFault.Load()), Elapsed: el}
+		OnDemand: int(l.onDemand.Load()), Faults: int(l.faults.Load()), Holes: int(l.holes.Load()), ZeroFaults: int(l.zeroFault.Load()), InPlace: int(l.inPlaceN.Load()), Elapsed: el}
 }

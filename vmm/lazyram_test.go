@@ -15,16 +15,22 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/snapvmm/snapvmm/internal/uffd"
 	"github.com/snapvmm/snapvmm/kvm"
+	"github.com/snapvmm/snapvmm/snapshot"
 	"github.com/snapvmm/snapvmm/vmm/boot"
 )
 
 func TestLazyRAMServesConcurrentFaults(t *testing.T) {
+	eachPlacement(t, func(t *testing.T, opts lazyOptions, _ func(int) int) { testConcurrentFaults(t, opts) })
+}
+
+func testConcurrentFaults(t *testing.T, opts lazyOptions) {
 	mem := lazyMem(t, testRAM)
 	data := randomRAM(testRAM, testChunk)
 	src := newMemSource(data, testChunk)
 	hold := make(chan struct{})
-	l, err := newLazyRAM(mem, src, func(err error) { t.Errorf("onError: %v", err) }, quietLog(), lazyOptions{hold: hold})
+	l, err := newLazyRAM(mem, src, func(err error) { t.Errorf("onError: %v", err) }, quietLog(), withHold(opts, hold))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,12 +155,16 @@ func TestLazyRAMEnsureLoadsWithoutFaulting(t *testing.T) {
 // Chunks placed in the background keep their zero pages as holes; Ensure
 // fills those of its range, so the caller's copy does not fault either.
 func TestLazyRAMEnsureFillsZeroPages(t *testing.T) {
+	eachPlacement(t, func(t *testing.T, opts lazyOptions, _ func(int) int) { testEnsureFillsZeroPages(t, opts) })
+}
+
+func testEnsureFillsZeroPages(t *testing.T, opts lazyOptions) {
 	mem := lazyMem(t, testRAM)
 	data := randomRAM(testRAM, testChunk)
 	src := newMemSource(data, testChunk)
 	last := src.Chunks() - 1
 	src.gate = map[int]chan struct{}{last: make(chan struct{})} // the session stays open
-	l, err := newLazyRAM(mem, src, nil, quietLog(), lazyOptions{})
+	l, err := newLazyRAM(mem, src, nil, quietLog(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,6 +232,54 @@ func TestLazyRAMEnsureFillsZeroPages(t *testing.T) {
 // zero pages with it, so a guest touching them does not fault; a sparser
 // one keeps its zero pages as holes.
 func TestLazyRAMPlacesDenseChunksWhole(t *testing.T) {
+	eachPlacement(t, testDenseChunksWhole)
+}
+
+// eachPlacement runs test in reuse mode (the old pages kept, dense chunks
+// read over them and mapped with UFFDIO_CONTINUE) where this kernel offers
+// MINOR mode on shmem, and with guest RAM freed and every chunk copied
+// (UFFDIO_COPY); inPlace(n) is the chunks read in place for a run's n
+// chunks that are not all zeros.
+func eachPlacement(t *testing.T, test func(t *testing.T, opts lazyOptions, inPlace func(n int) int)) {
+	for _, noReuse := range []bool{false, true} {
+		t.Run(map[bool]string{false: "reuse", true: "copy"}[noReuse], func(t *testing.T) {
+			needLazyRAM(t)
+			minor := false
+			if !noReuse {
+				fd, err := uffd.Open(false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				offered, _, err := fd.Handshake(uffd.FeatureMissingShmem)
+				fd.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if minor = offered&uffd.FeatureMinorShmem != 0; !minor {
+					t.Skip("skipping: this kernel offers no userfaultfd MINOR mode on shmem: every chunk is copied (the other subtest)")
+				}
+			}
+			mode := reuseAlways
+			if noReuse {
+				mode = reuseNever
+			}
+			test(t, lazyOptions{reuse: mode}, func(n int) int {
+				if minor {
+					return n
+				}
+				return 0
+			})
+		})
+	}
+}
+
+// withHold is opts with background loading held until hold closes.
+func withHold(opts lazyOptions, hold <-chan struct{}) lazyOptions {
+	opts.hold = hold
+	return opts
+}
+
+func testDenseChunksWhole(t *testing.T, opts lazyOptions, inPlace func(n int) int) {
 	mem := lazyMem(t, testRAM)
 	data := randomRAM(testRAM, testChunk)
 	pages := int(testChunk / 4096)
@@ -234,7 +292,14 @@ func TestLazyRAMPlacesDenseChunksWhole(t *testing.T) {
 			clear(b[(2*k+1)*4096 : (2*k+2)*4096]) // single pages between stored ones
 		}
 	}
-	l, err := newLazyRAM(mem, newMemSource(data, testChunk), nil, quietLog(), lazyOptions{})
+	src := newMemSource(data, testChunk)
+	nonZero := 0
+	for i := range src.Chunks() {
+		if src.StoredPages(i).Count() > 0 {
+			nonZero++
+		}
+	}
+	l, err := newLazyRAM(mem, src, nil, quietLog(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,8 +307,8 @@ func TestLazyRAMPlacesDenseChunksWhole(t *testing.T) {
 	if err := l.Finish(); err != nil {
 		t.Fatal(err)
 	}
-	if st := l.Stats(); st.Faults != 0 || st.Holes != 0 {
-		t.Fatalf("%+v: want no fault and no chunk's holes filled", st)
+	if st := l.Stats(); st.Faults != 0 || st.Holes != 0 || st.InPlace != inPlace(nonZero) {
+		t.Fatalf("%+v: want no fault, no chunk's holes filled, %d chunks read in place", st, inPlace(nonZero))
 	}
 	for c, n := range zeros {
 		dense := n*denseZeroShare <= pages
@@ -258,7 +323,14 @@ func TestLazyRAMPlacesDenseChunksWhole(t *testing.T) {
 	}
 }
 
+// A chunk that fails its CRC is never seen: its pages read as zeros after
+// the failure, also in reuse mode (where it was read over old pages, and
+// the old pages of every chunk not placed are freed).
 func TestLazyRAMCorruptChunkStopsServing(t *testing.T) {
+	eachPlacement(t, func(t *testing.T, opts lazyOptions, _ func(int) int) { testCorruptChunk(t, opts) })
+}
+
+func testCorruptChunk(t *testing.T, opts lazyOptions) {
 	mem := lazyMem(t, testRAM)
 	data := randomRAM(testRAM, testChunk)
 	src := newMemSource(append([]byte(nil), data...), testChunk)
@@ -277,7 +349,8 @@ func TestLazyRAMCorruptChunkStopsServing(t *testing.T) {
 		default:
 		}
 	}
-	l, err := newLazyRAM(mem, src, onError, quietLog(), lazyOptions{hold: hold})
+	opts.hold = hold
+	l, err := newLazyRAM(mem, src, onError, quietLog(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,10 +415,14 @@ func TestLazyRAMManyFailuresReportOnce(t *testing.T) {
 }
 
 func TestLazyRAMCloseEndsEarly(t *testing.T) {
+	eachPlacement(t, func(t *testing.T, opts lazyOptions, _ func(int) int) { testCloseEndsEarly(t, opts) })
+}
+
+func testCloseEndsEarly(t *testing.T, opts lazyOptions) {
 	mem := lazyMem(t, testRAM)
 	data := randomRAM(testRAM, testChunk)
 	hold := make(chan struct{}) // never released: only Close ends it
-	l, err := newLazyRAM(mem, newMemSource(data, testChunk), func(err error) { t.Errorf("onError: %v", err) }, quietLog(), lazyOptions{hold: hold})
+	l, err := newLazyRAM(mem, newMemSource(data, testChunk), func(err error) { t.Errorf("onError: %v", err) }, quietLog(), withHold(opts, hold))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -523,5 +600,33 @@ func BenchmarkLazyRAMFirstFault(b *testing.B) {
 			b.Fatal("faulted word differs")
 		}
 		l.Close()
+	}
+}
+
+// Reuse mode is chosen for a snapshot whose stored pages are mostly in
+// dense chunks, not for a sparse one (its runs are cheaper copied) nor for
+// one of zeros.
+func TestReuseFits(t *testing.T) {
+	page := int(snapshot.PageSize)
+	ram := func(every int) []byte { // a stored page every `every` pages
+		b := make([]byte, testRAM)
+		for off := 0; off < len(b); off += every * page {
+			b[off] = 1
+		}
+		return b
+	}
+	for _, c := range []struct {
+		name string
+		data []byte
+		want bool
+	}{
+		{"random", randomRAM(testRAM, testChunk), false}, // a third of each chunk zero: sparse
+		{"every page", ram(1), true},
+		{"every tenth page", ram(10), false},
+		{"zeros", make([]byte, testRAM), false},
+	} {
+		if got := reuseFits(newMemSource(c.data, testChunk)); got != c.want {
+			t.Errorf("%s: reuseFits %v, want %v", c.name, got, c.want)
+		}
 	}
 }

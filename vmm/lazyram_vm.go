@@ -30,13 +30,20 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 		return nil, fmt.Errorf("lazy RAM load: VM is %s, not stopped", s)
 	}
 	vm.endLazyRAM()
-	vm.endLiveSave() // Discard below maps fresh pages under its writer
+	vm.endLiveSave() // the pages under its writer change below
 	vm.dropRAMBase()
-	// Fresh pages first, the old ones freed on another goroutine: the
-	// session's own emptying then finds nothing to free, and the VM can
-	// run again without waiting for the kernel to free all of RAM.
-	if err := vm.mem.Discard(); err != nil {
-		return nil, fmt.Errorf("lazy RAM load: %w", err)
+	// Where the session keeps the pages (reuse mode, LazyRAM.alias) the
+	// chunks are read over them: nothing to free, nothing to allocate.
+	// Elsewhere fresh pages first, the old ones freed on another
+	// goroutine: the session's own emptying then finds nothing to free,
+	// and the VM can run again without waiting for the kernel to free all
+	// of RAM.
+	opts.reuse = reuseAlways
+	if !lazyReusesPages() || !reuseFits(src) {
+		opts.reuse = reuseNever
+		if err := vm.mem.Discard(); err != nil {
+			return nil, fmt.Errorf("lazy RAM load: %w", err)
+		}
 	}
 	// The vCPUs run at a lower priority until RAM is complete, as during
 	// a live save (livesave_sched.go): on a host short of CPUs the loaders
@@ -93,6 +100,7 @@ var lazySupport struct {
 	once   sync.Once
 	ok     bool
 	reason string
+	reuse  bool // MINOR mode on shmem: a session keeps guest RAM's pages
 }
 
 // LazyRAMSupported reports whether this host can serve guest RAM through
@@ -100,7 +108,7 @@ var lazySupport struct {
 // ZEROPAGE and WAKE), and why not. It probes once per process.
 func LazyRAMSupported() (bool, string) {
 	lazySupport.once.Do(func() {
-		if err := probeLazyRAM(); err != nil {
+		if err := probeLazyRAM(&lazySupport.reuse); err != nil {
 			lazySupport.reason = err.Error()
 			return
 		}
@@ -109,15 +117,24 @@ func LazyRAMSupported() (bool, string) {
 	return lazySupport.ok, lazySupport.reason
 }
 
+// lazyReusesPages reports whether a lazy session keeps guest RAM's pages
+// (LazyRAM.alias): then they need not be freed before it starts.
+func lazyReusesPages() bool {
+	LazyRAMSupported()
+	return lazySupport.reuse
+}
+
 // probeLazyRAM registers one page of shared anonymous memory the way a
-// session registers guest RAM.
-func probeLazyRAM() error {
+// session registers guest RAM, and notes in reuse whether MINOR mode is
+// offered there too.
+func probeLazyRAM(reuse *bool) error {
 	f, err := uffd.Open(true)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if _, _, err := f.Handshake(uffd.FeatureMissingShmem); err != nil {
+	offered, _, err := f.Handshake(uffd.FeatureMissingShmem)
+	if err != nil {
 		if errors.Is(err, unix.EINVAL) {
 			return fmt.Errorf("userfaultfd cannot serve shared memory on this kernel (no UFFD_FEATURE_MISSING_SHMEM): %w", err)
 		}
@@ -129,12 +146,17 @@ func probeLazyRAM() error {
 		return fmt.Errorf("map a probe page: %w", err)
 	}
 	defer unix.Munmap(b)
-	ioctls, err := f.Register(uffd.Addr(b), uint64(page), uffd.ModeMissing)
+	mode := uint64(uffd.ModeMissing)
+	if offered&uffd.FeatureMinorShmem != 0 {
+		mode |= uffd.ModeMinor
+	}
+	ioctls, err := f.Register(uffd.Addr(b), uint64(page), mode)
 	if err != nil {
 		return err
 	}
 	if want := uint64(uffd.IoctlCopy | uffd.IoctlZeroPage | uffd.IoctlWake); ioctls&want != want {
 		return fmt.Errorf("userfaultfd on shared memory offers ioctls %#x, not COPY, ZEROPAGE and WAKE", ioctls)
 	}
+	*reuse = mode&uffd.ModeMinor != 0 && ioctls&uffd.IoctlContinue != 0
 	return f.Unregister(uffd.Addr(b), uint64(page))
 }

@@ -99,6 +99,7 @@ const (
 	sizeofCopy         = 40 // struct uffdio_copy
 	sizeofZeroPage     = 32 // struct uffdio_zeropage
 	sizeofWriteProtect = 24 // struct uffdio_writeprotect
+	sizeofContinue     = 32 // struct uffdio_continue
 	// MsgSize is the size of one struct uffd_msg, the unit read(2) returns.
 	MsgSize = 32
 )
@@ -120,6 +121,7 @@ var (
 	ioctlCopy         = ioc(iocRead|iocWrite, 0x03, sizeofCopy)
 	ioctlZeroPage     = ioc(iocRead|iocWrite, 0x04, sizeofZeroPage)
 	ioctlWriteProtect = ioc(iocRead|iocWrite, 0x06, sizeofWriteProtect)
+	ioctlContinue     = ioc(iocRead|iocWrite, 0x07, sizeofContinue)
 	// ioctlNewDevice is USERFAULTFD_IOC_NEW on /dev/userfaultfd (_IO(0xAA, 0)).
 	ioctlNewDevice = ioc(0, 0x00, 0)
 )
@@ -280,6 +282,17 @@ func (f *FD) ZeroPage(start, length, mode uint64) (zeroed uint64, err error) {
 	return partial(z.ZeroPage, err, "UFFDIO_ZEROPAGE", start, length)
 }
 
+// Continue maps the pages of [start, start+length), a range registered
+// with ModeMinor whose pages are in the page cache already (written through
+// another mapping of the same memory), and wakes their waiters (unless
+// CopyModeDontWake, which has the same value for this ioctl). Its result
+// is read like Copy's; a page not in the cache fails it with EFAULT.
+func (f *FD) Continue(start, length, mode uint64) (mapped uint64, err error) {
+	c := uffdioContinue{Range: uffdioRange{Start: start, Len: length}, Mode: mode}
+	err = ioctlPtr(f.fd, ioctlContinue, &c)
+	return partial(c.Mapped, err, "UFFDIO_CONTINUE", start, length)
+}
+
 // partial reads the result field of UFFDIO_COPY and UFFDIO_ZEROPAGE: the
 // bytes done on success or when the ioctl stopped part-way, else -errno.
 func partial(done int64, err error, op string, start, length uint64) (uint64, error) {
@@ -293,7 +306,8 @@ func partial(done int64, err error, op string, start, length uint64) (uint64, er
 	return n, &RangeError{Op: op, Start: start, Len: length, Done: n, Err: err}
 }
 
-// RangeError is a failed or partial UFFDIO_COPY or UFFDIO_ZEROPAGE.
+// RangeError is a failed or partial UFFDIO_COPY, UFFDIO_ZEROPAGE or
+// UFFDIO_CONTINUE.
 type RangeError struct {
 	Op         string
 	Start, Len uint64
@@ -381,4 +395,10 @@ type uffdioZeroPage struct {
 type uffdioWriteProtect struct {
 	Range uffdioRange
 	Mode  uint64
+}
+
+type uffdioContinue struct {
+	Range  uffdioRange
+	Mode   uint64
+	Mapped int64
 }

@@ -23,6 +23,7 @@ func TestIoctlNumbers(t *testing.T) {
 		{"UFFDIO_COPY", ioctlCopy, 0xc028aa03},
 		{"UFFDIO_ZEROPAGE", ioctlZeroPage, 0xc020aa04},
 		{"UFFDIO_WRITEPROTECT", ioctlWriteProtect, 0xc018aa06},
+		{"UFFDIO_CONTINUE", ioctlContinue, 0xc020aa07},
 		{"USERFAULTFD_IOC_NEW", ioctlNewDevice, 0xaa00},
 	} {
 		if c.got != c.want {

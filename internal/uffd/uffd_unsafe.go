@@ -19,7 +19,7 @@ func userfaultfd(flags int) (int, error) {
 
 // structPtr is the argument/result structure types the ioctls exchange.
 type structPtr interface {
-	*uffdioAPI | *uffdioRange | *uffdioRegister | *uffdioCopy | *uffdioZeroPage | *uffdioWriteProtect
+	*uffdioAPI | *uffdioRange | *uffdioRegister | *uffdioCopy | *uffdioZeroPage | *uffdioWriteProtect | *uffdioContinue
 }
 
 // ioctl passes a pointer to one of the kernel structures above: the kernel

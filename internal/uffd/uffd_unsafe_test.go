@@ -19,6 +19,7 @@ func TestStructSizes(t *testing.T) {
 		{"uffdio_copy", unsafe.Sizeof(uffdioCopy{}), sizeofCopy},
 		{"uffdio_zeropage", unsafe.Sizeof(uffdioZeroPage{}), sizeofZeroPage},
 		{"uffdio_writeprotect", unsafe.Sizeof(uffdioWriteProtect{}), sizeofWriteProtect},
+		{"uffdio_continue", unsafe.Sizeof(uffdioContinue{}), sizeofContinue},
 	} {
 		if c.got != c.want {
 			t.Errorf("sizeof(struct %s) = %d, the kernel's is %d", c.name, c.got, c.want)
