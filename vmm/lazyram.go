@@ -28,8 +28,9 @@ var ErrLazyRAMClosed = errors.New("lazy RAM load closed before guest RAM was com
 // goroutine turns each first access to a page (by a vCPU inside KVM_RUN,
 // or by any goroutine of this process) into a request for the chunk that
 // holds it, and loader goroutines read chunks (urgent ones first, the rest
-// in order) and place them with UFFDIO_COPY or UFFDIO_ZEROPAGE, which wakes
-// the waiting threads. When every chunk is in place the range is
+// in order) and place them with UFFDIO_COPY or UFFDIO_ZEROPAGE (or, in reuse
+// mode, read them over the old pages and map them with UFFDIO_CONTINUE),
+// which wakes the waiting threads. When every chunk is in place the range is
 // unregistered and the descriptor closed: guest RAM is ordinary memory
 // again. docs/lazy-load.md has the design and the rules for code that
 // touches guest RAM during a session.
