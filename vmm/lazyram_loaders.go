@@ -229,6 +229,11 @@ func (l *LazyRAM) placeInPlace(i int, off, length uint64, dense bool) error {
 	if dense {
 		l.zeroed[i].Store(true)
 	}
+	// The alias's page tables go, the pages stay (the guest maps them):
+	// mapped twice, the process's RSS would count guest RAM twice.
+	if err := unix.Madvise(b, unix.MADV_DONTNEED); err != nil {
+		return fmt.Errorf("lazy RAM load: chunk %d: unmap it from the alias: %w", i, err)
+	}
 	l.inPlaceN.Add(1)
 	return nil
 }

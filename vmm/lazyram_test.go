@@ -630,3 +630,36 @@ func TestReuseFits(t *testing.T) {
 		}
 	}
 }
+
+// In reuse mode a chunk read through the alias is mapped once, by the
+// guest's mapping: left in the alias too, the process's RSS counted guest
+// RAM twice while a load ran (make bench: peak RSS 2.01 GiB for 1 GiB).
+func TestLazyRAMReuseMapsChunksOnce(t *testing.T) {
+	eachPlacement(t, func(t *testing.T, opts lazyOptions, inPlace func(int) int) {
+		mem := lazyMem(t, testRAM)
+		data := make([]byte, testRAM)
+		rand.New(rand.NewSource(2)).Read(data) // every chunk dense
+		l, err := newLazyRAM(mem, newMemSource(data, testChunk), nil, quietLog(), withHold(opts, make(chan struct{})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		if inPlace(1) == 0 {
+			if l.alias != nil {
+				t.Fatal("a second mapping of guest RAM without reuse mode")
+			}
+			return
+		}
+		if err := l.Ensure(testChunk, 8); err != nil {
+			t.Fatal(err)
+		}
+		for _, off := range []uint64{testChunk, 2*testChunk - 4096} {
+			if !resident(t, mem, off) {
+				t.Errorf("guest RAM +%#x not mapped after its chunk was placed", off)
+			}
+			if resident(t, l.alias, off) {
+				t.Errorf("the alias still maps +%#x after its chunk was placed", off)
+			}
+		}
+	})
+}
