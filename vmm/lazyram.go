@@ -48,15 +48,15 @@ type LazyRAM struct {
 
 	fd *uffd.FD
 	// alias is a second mapping of mem's pages, in reuse mode (where the
-	// kernel offers MINOR mode on shmem; nil elsewhere or with
-	// lazyOptions.noReuse). Guest RAM's pages are then not freed: the
+	// kernel offers MINOR mode on shmem and lazyOptions.reuse asks for
+	// it; nil elsewhere). Guest RAM's pages are then not freed: the
 	// guest's page tables are zapped, the old pages stay in the page
 	// cache, and a guest access to one is a MINOR fault that waits like a
-	// MISSING one. A dense chunk is read over its old pages through the
-	// alias and mapped with UFFDIO_CONTINUE once its CRC has passed: no
-	// page to allocate and one kernel copy per byte, like an eager load
-	// into a VM's existing RAM. Other chunks are emptied through the
-	// alias (MADV_REMOVE), then placed as without it.
+	// MISSING one. A chunk is read over its old pages through the alias
+	// and mapped with UFFDIO_CONTINUE once its CRC has passed: no page to
+	// allocate and one kernel copy per byte, like an eager load into a
+	// VM's existing RAM. The old pages under a chunk's zero pages are
+	// freed (docs/lazy-load.md, reuse mode).
 	alias []byte
 	// The fault handler waits in a blocking read, which only an event
 	// ends: to stop it, a goroutine makes the kernel read sentinel, a
