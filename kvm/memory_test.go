@@ -42,16 +42,7 @@ func TestDiscardKeepsAddressAndZeroes(t *testing.T) {
 // TestAliasSharesPages: writes through an alias are guest memory's, both
 // ways, at another address; Discard leaves the alias on the old pages.
 func TestAliasSharesPages(t *testing.T) {
-	m, err := NewMemory(1 << 20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	a, err := m.Alias()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(a)
+	m, a := aliased(t, 1<<20)
 	b := m.Bytes()
 	if len(a) != len(b) || &a[0] == &b[0] {
 		t.Fatal("the alias is not a second mapping of the same size")
@@ -71,16 +62,7 @@ func TestAliasSharesPages(t *testing.T) {
 // TestResident: a shared mapping's pages are resident once written, also
 // as seen through an alias, and not after MADV_REMOVE.
 func TestResident(t *testing.T) {
-	m, err := NewMemory(16 << 12)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	a, err := m.Alias()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(a)
+	m, a := aliased(t, 16<<12)
 	b := m.Bytes()
 	b[3<<12], b[5<<12] = 1, 1
 	if err := unix.Madvise(b[5<<12:6<<12], unix.MADV_REMOVE); err != nil {
@@ -102,4 +84,21 @@ func TestResident(t *testing.T) {
 	if err := Resident(a, vec[:2]); err == nil {
 		t.Error("a short result vector was accepted")
 	}
+}
+
+// aliased is size bytes of guest memory and an alias of it, both gone when
+// the test ends.
+func aliased(t *testing.T, size uint64) (*Memory, []byte) {
+	t.Helper()
+	m, err := NewMemory(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	a, err := m.Alias()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(a) })
+	return m, a
 }
