@@ -481,7 +481,7 @@ func TestMalformedImages(t *testing.T) {
 		{"bad magic", func(b []byte) []byte { b[0] = 'X'; return b }, "bad magic"},
 		{"version 4", func(b []byte) []byte { be.PutUint32(b[4:], 4); return b }, "version 4"},
 		{"cluster bits", func(b []byte) []byte { be.PutUint32(b[20:], 30); return b }, "cluster size"},
-		{"backing file", func(b []byte) []byte { be.PutUint64(b[8:], 200); be.PutUint32(b[16:], 4); return b }, "backing files"},
+		{"backing file name of NULs", func(b []byte) []byte { be.PutUint64(b[8:], 200); be.PutUint32(b[16:], 4); return b }, "backing file name"},
 		{"encryption", func(b []byte) []byte { be.PutUint32(b[32:], 1); return b }, "encryption"},
 		{"external data file", func(b []byte) []byte { be.PutUint64(b[72:], incompatDataFile); return b }, "external data"},
 		{"unknown incompatible", func(b []byte) []byte { be.PutUint64(b[72:], 1<<40); return b }, "unknown incompatible"},
