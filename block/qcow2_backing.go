@@ -50,11 +50,11 @@ func parseBackingName(h header, hdrCluster []byte) (string, error) {
 	return name, nil
 }
 
-// combinePath resolves a backing file name as QEMU's path_combine does:
-// an absolute name stays, a relative one is relative to the directory of
-// the overlay's path as given (not cleaned, so messages show what QEMU
-// shows).
-func combinePath(overlay, name string) string {
+// ResolveBacking resolves a backing file name as QEMU's path_combine
+// does: an absolute name stays, a relative one is relative to the
+// directory of the overlay's path as given (not cleaned, so messages show
+// the path QEMU shows).
+func ResolveBacking(overlay, name string) string {
 	if strings.HasPrefix(name, "/") {
 		return name
 	}
@@ -95,7 +95,7 @@ func (q *Qcow2) BackingPath() string {
 	if q.bref.name == "" {
 		return ""
 	}
-	return combinePath(q.path, q.bref.name)
+	return ResolveBacking(q.path, q.bref.name)
 }
 
 // Backing is the opened backing node, nil for an image without one or
