@@ -265,3 +265,32 @@ func TestBackingCreateOptionsChecked(t *testing.T) {
 		}
 	}
 }
+
+// The drive layer (snapvmm run --drive) opens an overlay with its chain:
+// the registered node reads the base through it.
+func TestRegistryOpensOverlayChain(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.qcow2")
+	if err := CreateQcow2(base, 1<<20, CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	bq := open(t, base)
+	if _, err := bq.WriteAt([]byte("base data"), 4096); err != nil {
+		t.Fatal(err)
+	}
+	bq.Close()
+	ov := overlayOn(t, dir, "ov.qcow2", "base.qcow2", "qcow2", 1<<20, CreateOptions{})
+	r := NewRegistry()
+	defer r.Close()
+	d, err := r.OpenDrive(DriveSpec{File: ov, If: "virtio"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 9)
+	if _, err := d.Node.ReadAt(got, 4096); err != nil || string(got) != "base data" {
+		t.Fatalf("read through the drive: %q, %v", got, err)
+	}
+	if _, err := OpenQcow2(base, "w", false); err == nil || !strings.Contains(err.Error(), `Failed to get "write" lock`) {
+		t.Fatalf("writable open of the base of an open drive: %v", err)
+	}
+}
