@@ -64,8 +64,12 @@ func ResolveBacking(overlay, name string) string {
 	return name
 }
 
-// fileID identifies an open file across names (links, relative paths).
-type fileID struct{ dev, ino uint64 }
+// fileID identifies a file across names (links, relative paths); disk
+// says it is a regular file or a block device.
+type fileID struct {
+	dev, ino uint64
+	disk     bool
+}
 
 // statID names the file at path before it is opened: a loop must be
 // found before the second open, which QEMU's locks would refuse first.
@@ -78,7 +82,9 @@ func statID(path string) (fileID, error) {
 	if !ok {
 		return fileID{}, errors.New("no inode number")
 	}
-	return fileID{uint64(s.Dev), s.Ino}, nil
+	m := st.Mode()
+	disk := m.IsRegular() || m&os.ModeDevice != 0 && m&os.ModeCharDevice == 0
+	return fileID{uint64(s.Dev), s.Ino, disk}, nil
 }
 
 // BackingFile is the backing file name as the header stores it ("" for
@@ -127,6 +133,11 @@ func (q *Qcow2) openBacking(o OpenOptions, seen map[fileID]bool) error {
 	id, err := statID(path)
 	if err != nil {
 		return fmt.Errorf("Could not open backing file: %w", err)
+	}
+	if !id.disk {
+		// A name in a header must not make the opener wait on a FIFO or
+		// read a terminal: only files and block devices hold images.
+		return fmt.Errorf("Could not open backing file %q: neither a regular file nor a block device", path)
 	}
 	if seen[id] {
 		return fmt.Errorf("Backing file '%s' creates an infinite loop.", path)

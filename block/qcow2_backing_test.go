@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -292,5 +293,22 @@ func TestRegistryOpensOverlayChain(t *testing.T) {
 	}
 	if _, err := OpenQcow2(base, "w", false); err == nil || !strings.Contains(err.Error(), `Failed to get "write" lock`) {
 		t.Fatalf("writable open of the base of an open drive: %v", err)
+	}
+}
+
+// A header naming a FIFO or a character device must not make the opener
+// wait or read a terminal: refused, named.
+func TestBackingSpecialFileRefused(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"fifo", "/dev/null"} {
+		ov := overlayOn(t, dir, "ov-"+filepath.Base(name)+".qcow2", name, "raw", 1<<20, CreateOptions{})
+		_, err := OpenQcow2(ov, "x", true)
+		if err == nil || !strings.Contains(err.Error(), "neither a regular file nor a block device") || !strings.Contains(err.Error(), name) {
+			t.Errorf("backing file %s: %v", name, err)
+		}
 	}
 }
