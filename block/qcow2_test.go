@@ -540,6 +540,18 @@ func FuzzOpenQcow2(f *testing.F) {
 	q.Close()
 	b, _ := os.ReadFile(seed)
 	f.Add(b)
+	// An overlay on the seed: the inputs below it reach the backing code.
+	ov := filepath.Join(dir, "ov.qcow2")
+	if err := CreateQcow2(ov, 1<<20, CreateOptions{ClusterSize: 512, BackingFile: "seed.qcow2", BackingFormat: "qcow2"}); err != nil {
+		f.Fatal(err)
+	}
+	if q, err = OpenQcow2(ov, "o", false); err != nil {
+		f.Fatal(err)
+	}
+	q.WriteAt([]byte("over"), 1000)
+	q.Close()
+	b, _ = os.ReadFile(ov)
+	f.Add(b)
 	// One file per worker, rewritten for every input: a temporary
 	// directory per input made go test -fuzz stall on this project's hosts.
 	p := filepath.Join(dir, "f.qcow2")
