@@ -94,9 +94,6 @@ func openQcow2Chain(path, name string, o OpenOptions, seen map[fileID]bool) (q *
 	}
 	defer func() {
 		if err != nil {
-			if q != nil && q.backing != nil {
-				q.backing.Close()
-			}
 			f.Close()
 			err = fmt.Errorf("open qcow2 %q: %w", path, err)
 		}
@@ -162,7 +159,7 @@ func openQcow2Chain(path, name string, o OpenOptions, seen map[fileID]bool) (q *
 	if q.bref.name != "" && !o.NoBacking {
 		seen[id] = true
 		if err := q.openBacking(o, seen); err != nil {
-			return q, err
+			return nil, err // openBacking leaves nothing open on failure
 		}
 	}
 	return q, nil
@@ -344,9 +341,9 @@ type dataRead struct {
 // planRead resolves a read of p at virtual offset off through l1: it fills
 // the parts that need no data cluster (zero clusters, unallocated ones
 // without a backing file: zeros; compressed ones: decompressed) and
-// returns the reads of the
-// rest, neighbours joined where both guest and host offsets are
-// contiguous. It needs q.mu; the reads do not (ReadVMState).
+// returns the reads of the rest, from the file or the backing node,
+// neighbours joined where both guest and source offsets are contiguous.
+// It needs q.mu; the reads do not (ReadVMState reads no backing node).
 func (q *Qcow2) planRead(l1 []uint64, p []byte, off uint64) ([]dataRead, error) {
 	var reads []dataRead
 	joinable := false // the last piece was a read ending where this one starts in p

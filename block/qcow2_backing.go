@@ -114,6 +114,18 @@ func (q *Qcow2) Backing() Node { return q.backing }
 // hangs on it).
 func (q *Qcow2) openBacking(o OpenOptions, seen map[fileID]bool) error {
 	path := q.BackingPath()
+	id, err := statID(path)
+	if err != nil {
+		return fmt.Errorf("Could not open backing file: %w", err)
+	}
+	if !id.disk {
+		// A name in a header must not make the opener wait on a FIFO or
+		// read a terminal: only files and block devices hold images.
+		return fmt.Errorf("Could not open backing file %q: neither a regular file nor a block device", path)
+	}
+	if seen[id] {
+		return fmt.Errorf("Backing file '%s' creates an infinite loop.", path)
+	}
 	format := q.bref.fmt
 	if format == "" {
 		probed, err := ProbeFormat(path)
@@ -129,18 +141,6 @@ func (q *Qcow2) openBacking(o OpenOptions, seen map[fileID]bool) error {
 				path, q.bref.name, q.path)
 		}
 		format = probed
-	}
-	id, err := statID(path)
-	if err != nil {
-		return fmt.Errorf("Could not open backing file: %w", err)
-	}
-	if !id.disk {
-		// A name in a header must not make the opener wait on a FIFO or
-		// read a terminal: only files and block devices hold images.
-		return fmt.Errorf("Could not open backing file %q: neither a regular file nor a block device", path)
-	}
-	if seen[id] {
-		return fmt.Errorf("Backing file '%s' creates an infinite loop.", path)
 	}
 	// The overlay reads the chain consistently and forbids others to write
 	// or resize it, as QEMU's backing child does; -U shares that too.

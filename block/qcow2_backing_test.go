@@ -309,10 +309,16 @@ func TestBackingSpecialFileRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"fifo", "/dev/null"} {
-		ov := overlayOn(t, dir, "ov-"+filepath.Base(name)+".qcow2", name, "raw", 1<<20, CreateOptions{})
-		_, err := OpenQcow2(ov, "x", true)
-		if err == nil || !strings.Contains(err.Error(), "neither a regular file nor a block device") || !strings.Contains(err.Error(), name) {
-			t.Errorf("backing file %s: %v", name, err)
+		for _, recorded := range []bool{true, false} {
+			ov := overlayOn(t, dir, "ov-"+filepath.Base(name)+".qcow2", name, "raw", 1<<20, CreateOptions{})
+			if !recorded {
+				stripBackingFormat(t, ov) // probing must not open it either
+			}
+			_, err := OpenQcow2(ov, "x", true)
+			if err == nil || !strings.Contains(err.Error(), "neither a regular file nor a block device") || !strings.Contains(err.Error(), name) {
+				t.Errorf("backing file %s (format recorded: %v): %v", name, recorded, err)
+			}
+			os.Remove(ov)
 		}
 	}
 }
