@@ -106,6 +106,25 @@ func TestSnapvmmOverlaysReadByQemu(t *testing.T) {
 			t.Fatalf("qemu-img info --backing-chain lacks %q:\n%s", s, info)
 		}
 	}
+	// A snapshot of the overlay, then a write where the base shows: QEMU
+	// reverting to the snapshot reads the base there again.
+	q = open(t, ov)
+	if _, err := q.CreateSnapshot(Snapshot{Name: "s", ICount: -1}); err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 4096)
+	for i := range p {
+		p[i] = 0xc1
+	}
+	if _, err := q.WriteAt(p, 1536<<10); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	qemuCheckClean(t, ov)
+	qemuIO(t, "-r", "-c", "read -P 0xc1 1536k 4k", "-c", "read -P 0xb1 100 200", ov)
+	mustQemuImg(t, "snapshot", "-a", "s", ov)
+	qemuIO(t, "-r", "-c", "read -P 0xaa 1536k 4k", "-c", "read -P 0xb1 100 200", ov)
+	qemuCheckClean(t, ov)
 }
 
 // A base that QEMU writes cannot be opened under an overlay, and QEMU

@@ -214,3 +214,23 @@ func TestRunOpensDriveBackingChain(t *testing.T) {
 	}
 	assertUnchanged(t, "run on an overlay of a probed raw base", ovr, hdr)
 }
+
+// A missing backing file: info shows the overlay (it opens no backing
+// file), check and snapshot refuse, as qemu-img 7.2 does.
+func TestImgMissingBackingFile(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "gone.qcow2")
+	mustTool(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "1M")
+	ov := filepath.Join(dir, "ov.qcow2")
+	mustTool(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "gone.qcow2", "-F", "qcow2", ov)
+	if err := os.Remove(base); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"info", ov}, {"check", ov}, {"snapshot", "-l", ov}, {"snapshot", "-c", "s", ov}, {"info", "--backing-chain", ov}} {
+		_, qcode := tool(t, "qemu-img", args...)
+		r := runImg(t, time.Minute, append([]string{"img"}, args...)...)
+		if r.code != qcode || qcode != 0 && !strings.Contains(r.stderr, "gone.qcow2") {
+			t.Errorf("img %s: exit %d (qemu-img %d) %s", strings.Join(args, " "), r.code, qcode, r.stderr)
+		}
+	}
+}
