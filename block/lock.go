@@ -17,6 +17,10 @@ type OpenOptions struct {
 	// ForceShare lets a read-only open share the image with a writer
 	// (qemu-img -U): what it reads may be inconsistent.
 	ForceShare bool
+	// NoBacking opens a qcow2 overlay without its backing chain (QEMU's
+	// BDRV_O_NO_BACKING, for qemu-img info): reads of clusters the
+	// overlay lacks then return zeros. Only read-only.
+	NoBacking bool
 }
 
 // QEMU's image locking (block/file-posix.c): one byte per block

@@ -34,7 +34,8 @@ type Node interface {
 // discard and write-zeroes requests reach it.
 type Zeroer interface {
 	// Discard lets the node free [off, off+n); the range reads as zeros
-	// afterwards (snapvmm has no backing files to show through).
+	// afterwards (an overlay keeps zero clusters there, so that its
+	// backing file does not show through).
 	Discard(off, n int64) error
 	// WriteZeroes makes [off, off+n) read as zeros, freeing space where
 	// the format can.

@@ -20,7 +20,10 @@ import (
 type Qcow2 struct {
 	mu       sync.Mutex
 	name     string
+	path     string // as opened: backing file names are relative to it
 	f        *os.File
+	bref     backingRef // qcow2_backing.go
+	backing  Node       // the opened backing chain, read-only
 	ro       bool
 	h        header
 	cbits    uint
@@ -68,10 +71,23 @@ func OpenQcow2(path, name string, readOnly bool) (*Qcow2, error) {
 	return OpenQcow2With(path, name, OpenOptions{ReadOnly: readOnly})
 }
 
-// OpenQcow2With opens a qcow2 image with options. Nothing is written at
-// open: the first change prepares the image (see prepare).
-func OpenQcow2With(path, name string, o OpenOptions) (q *Qcow2, err error) {
+// OpenQcow2With opens a qcow2 image with options, and its backing chain
+// read-only unless o.NoBacking. Nothing is written at open: the first
+// change prepares the image (see prepare).
+func OpenQcow2With(path, name string, o OpenOptions) (*Qcow2, error) {
+	return openQcow2Chain(path, name, o, map[fileID]bool{})
+}
+
+// openQcow2Chain opens one image of a chain; seen holds the files above it.
+func openQcow2Chain(path, name string, o OpenOptions, seen map[fileID]bool) (q *Qcow2, err error) {
 	readOnly := o.ReadOnly
+	if o.NoBacking && !readOnly {
+		return nil, fmt.Errorf("open qcow2 %q: an image opened without its backing file must be read-only", path)
+	}
+	id, err := statID(path)
+	if err != nil {
+		return nil, fmt.Errorf("open qcow2 %q: %w", path, err)
+	}
 	f, err := openLocked(path, o)
 	if err != nil {
 		return nil, fmt.Errorf("open qcow2 %q: %w", path, err)
@@ -96,7 +112,7 @@ func OpenQcow2With(path, name string, o OpenOptions) (q *Qcow2, err error) {
 	if err != nil {
 		return nil, err
 	}
-	q = &Qcow2{name: name, f: f, ro: readOnly, h: h, cbits: uint(h.clusterBits)}
+	q = &Qcow2{name: name, path: path, f: f, ro: readOnly, h: h, cbits: uint(h.clusterBits)}
 	q.cs = 1 << q.cbits
 	q.l2bits = q.cbits - 3
 	q.l2n = q.cs / 8
@@ -114,7 +130,15 @@ func OpenQcow2With(path, name string, o OpenOptions) (q *Qcow2, err error) {
 	if _, err := f.ReadAt(hdrCluster, 0); err != nil && err != io.EOF {
 		return nil, err
 	}
-	if q.bitmaps, err = parseExtensions(hdrCluster, h.headerLen); err != nil {
+	// The extensions end where the backing file name starts, as in QEMU.
+	ext := hdrCluster
+	if h.backingOffset > uint64(h.headerLen) && h.backingOffset < uint64(len(ext)) {
+		ext = ext[:h.backingOffset]
+	}
+	if q.bitmaps, q.bref.fmt, err = parseExtensions(ext, h.headerLen); err != nil {
+		return nil, err
+	}
+	if q.bref.name, err = parseBackingName(h, hdrCluster); err != nil {
 		return nil, err
 	}
 	if q.l1, err = q.readTable(h.l1Offset, uint64(h.l1Size)); err != nil {
@@ -132,6 +156,12 @@ func OpenQcow2With(path, name string, o OpenOptions) (q *Qcow2, err error) {
 		return nil, err
 	}
 	q.end = (fsize + q.cs - 1) >> q.cbits
+	if q.bref.name != "" && !o.NoBacking {
+		seen[id] = true
+		if err := q.openBacking(o, seen); err != nil {
+			return nil, err // openBacking leaves nothing open on failure
+		}
+	}
 	return q, nil
 }
 
@@ -214,48 +244,14 @@ func (q *Qcow2) Close() error {
 	if !q.ro {
 		err = q.sync()
 	}
-	return errors.Join(err, q.f.Close())
+	err = errors.Join(err, q.f.Close())
+	if q.backing != nil {
+		err = errors.Join(err, q.backing.Close())
+	}
+	return err
 }
 
 // --- L2 tables and clusters ---
-
-type l2Cache struct {
-	max   int
-	tick  uint64
-	items map[uint64]*l2Item
-}
-
-type l2Item struct {
-	t    []uint64
-	used uint64
-}
-
-func newL2Cache(max int) *l2Cache { return &l2Cache{max: max, items: map[uint64]*l2Item{}} }
-
-func (c *l2Cache) get(off uint64) ([]uint64, bool) {
-	it, ok := c.items[off]
-	if !ok {
-		return nil, false
-	}
-	c.tick++
-	it.used = c.tick
-	return it.t, true
-}
-
-func (c *l2Cache) put(off uint64, t []uint64) {
-	if len(c.items) >= c.max {
-		var oldest uint64
-		var oldUsed uint64 = ^uint64(0)
-		for k, it := range c.items {
-			if it.used < oldUsed {
-				oldest, oldUsed = k, it.used
-			}
-		}
-		delete(c.items, oldest)
-	}
-	c.tick++
-	c.items[off] = &l2Item{t: t, used: c.tick}
-}
 
 func (q *Qcow2) loadL2(off uint64) ([]uint64, error) {
 	if t, ok := q.l2c.get(off); ok {
@@ -334,17 +330,20 @@ func (q *Qcow2) readThrough(l1 []uint64, p []byte, off uint64) error {
 	return q.readData(reads)
 }
 
-// dataRead is one read from the image file: dst from host offset host.
+// dataRead is one read from the image file: dst from host offset host,
+// or from the backing node at guest offset host.
 type dataRead struct {
-	dst  []byte
-	host uint64
+	dst     []byte
+	host    uint64
+	backing bool
 }
 
 // planRead resolves a read of p at virtual offset off through l1: it fills
-// the parts that need no data cluster (unallocated or zero clusters:
-// zeros; compressed ones: decompressed) and returns the reads of the
-// rest, neighbours joined where both guest and host offsets are
-// contiguous. It needs q.mu; the reads do not (ReadVMState).
+// the parts that need no data cluster (zero clusters, unallocated ones
+// without a backing file: zeros; compressed ones: decompressed) and
+// returns the reads of the rest, from the file or the backing node,
+// neighbours joined where both guest and source offsets are contiguous.
+// It needs q.mu; the reads do not (ReadVMState reads no backing node).
 func (q *Qcow2) planRead(l1 []uint64, p []byte, off uint64) ([]dataRead, error) {
 	var reads []dataRead
 	joinable := false // the last piece was a read ending where this one starts in p
@@ -368,12 +367,25 @@ func (q *Qcow2) planRead(l1 []uint64, p []byte, off uint64) ([]dataRead, error) 
 				return err
 			}
 			copy(chunk, d[in:])
-		case e&offsetMask == 0 || q.h.version == 3 && e&flagZero != 0:
+		case q.h.version == 3 && e&flagZero != 0:
 			joinable = false
 			clear(chunk)
+		case e&offsetMask == 0:
+			r, ok := q.backingRead(chunk, vc<<q.cbits+in)
+			if !ok {
+				joinable = false
+				clear(chunk)
+				return nil
+			}
+			if k := len(reads) - 1; joinable && reads[k].backing && reads[k].host+uint64(len(reads[k].dst)) == r.host {
+				reads[k].dst = reads[k].dst[:len(reads[k].dst)+len(chunk)]
+			} else {
+				reads = append(reads, r)
+			}
+			joinable = true
 		default:
 			host := e&offsetMask + in
-			if k := len(reads) - 1; joinable && reads[k].host+uint64(len(reads[k].dst)) == host {
+			if k := len(reads) - 1; joinable && !reads[k].backing && reads[k].host+uint64(len(reads[k].dst)) == host {
 				reads[k].dst = reads[k].dst[:len(reads[k].dst)+len(chunk)] // chunk follows it in p
 			} else {
 				reads = append(reads, dataRead{dst: chunk, host: host})
@@ -389,6 +401,12 @@ func (q *Qcow2) planRead(l1 []uint64, p []byte, off uint64) ([]dataRead, error) 
 // never written and reads as zeros.
 func (q *Qcow2) readData(reads []dataRead) error {
 	for _, r := range reads {
+		if r.backing {
+			if err := q.readBacking(r); err != nil {
+				return err
+			}
+			continue
+		}
 		m, err := q.f.ReadAt(r.dst, int64(r.host))
 		if err != nil && err != io.EOF {
 			return fmt.Errorf("read data cluster at %#x: %w", r.host&^(q.cs-1), err)
@@ -563,83 +581,4 @@ func (q *Qcow2) WriteAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("qcow2 %q: %w", q.name, err)
 	}
 	return len(p), nil
-}
-
-// Discard deallocates whole clusters in [off, off+n) so they read as zeros
-// and their space is freed; partial clusters at the edges are zeroed.
-func (q *Qcow2) Discard(off, n int64) error {
-	return q.zeroRange("discard", off, n, q.discard)
-}
-
-// WriteZeroes makes [off, off+n) read as zeros without writing data:
-// whole clusters of a version 3 image become zero clusters (the L2 entry's
-// zero flag, no host cluster, as QEMU's write-zeroes with unmap does), of
-// a version 2 image unallocated clusters (there is no backing file for
-// them to show through). Partial clusters at the edges are written.
-func (q *Qcow2) WriteZeroes(off, n int64) error {
-	if q.h.version < 3 {
-		return q.zeroRange("write zeroes", off, n, q.discard)
-	}
-	return q.zeroRange("write zeroes", off, n, q.zeroClusters)
-}
-
-// zeroRange checks and locks for Discard and WriteZeroes.
-func (q *Qcow2) zeroRange(op string, off, n int64, f func(off, n uint64) error) error {
-	if q.ro {
-		return fmt.Errorf("%s qcow2 %q: %w", op, q.name, ErrReadOnly)
-	}
-	if err := q.checkRange(int(n), off); err != nil {
-		return err
-	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if err := q.prepare(); err != nil {
-		return fmt.Errorf("%s qcow2 %q: %w", op, q.name, err)
-	}
-	return f(uint64(off), uint64(n))
-}
-
-func (q *Qcow2) zeroClusters(off, n uint64) error {
-	return q.eachCluster(off, n, func(vc, in, m uint64) error {
-		if m < q.cs {
-			return q.writeThrough(make([]byte, m), vc<<q.cbits+in)
-		}
-		l1i, l2i := vc>>q.l2bits, vc&(q.l2n-1)
-		l2off, t, err := q.l2ForWrite(l1i)
-		if err != nil {
-			return err
-		}
-		e := t[l2i]
-		if e == flagZero {
-			return nil
-		}
-		if err := q.writeL2Entry(l2off, l2i, flagZero, t); err != nil {
-			return err
-		}
-		return q.releaseEntry(e)
-	})
-}
-
-func (q *Qcow2) discard(off, n uint64) error {
-	return q.eachCluster(off, n, func(vc, in, m uint64) error {
-		if m < q.cs {
-			return q.writeThrough(make([]byte, m), vc<<q.cbits+in)
-		}
-		l1i, l2i := vc>>q.l2bits, vc&(q.l2n-1)
-		if l1i >= uint64(len(q.l1)) || q.l1[l1i]&offsetMask == 0 {
-			return nil
-		}
-		l2off, t, err := q.l2ForWrite(l1i)
-		if err != nil {
-			return err
-		}
-		e := t[l2i]
-		if e == 0 {
-			return nil
-		}
-		if err := q.writeL2Entry(l2off, l2i, 0, t); err != nil {
-			return err
-		}
-		return q.releaseEntry(e)
-	})
 }

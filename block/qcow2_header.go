@@ -120,9 +120,6 @@ func parseHeader(b []byte, fileSize uint64) (header, error) {
 	if uint64(h.headerLen) > cs {
 		return h, fmt.Errorf("header length %d exceeds the cluster size", h.headerLen)
 	}
-	if h.backingOffset != 0 {
-		return h, fmt.Errorf("backing files are not supported")
-	}
 	if h.cryptMethod != 0 {
 		return h, fmt.Errorf("encryption is not supported (crypt_method %d)", h.cryptMethod)
 	}
@@ -198,25 +195,27 @@ type bitmapExt struct {
 }
 
 // parseExtensions walks the header extensions, refusing those that change
-// how data must be read, and returns the bitmaps extension.
-func parseExtensions(b []byte, start uint32) (bitmapExt, error) {
+// how data must be read, and returns the bitmaps extension and the
+// backing format ("" when not recorded).
+func parseExtensions(b []byte, start uint32) (bm bitmapExt, backingFmt string, err error) {
 	be := binary.BigEndian
-	var bm bitmapExt
 	off := uint64(start)
 	for off+8 <= uint64(len(b)) {
 		typ, n := be.Uint32(b[off:]), uint64(be.Uint32(b[off+4:]))
 		off += 8
 		if typ == extEnd {
-			return bm, nil
+			return bm, backingFmt, nil
 		}
 		if off+n > uint64(len(b)) {
-			return bm, fmt.Errorf("header extension %#x of %d bytes runs past the header cluster", typ, n)
+			return bm, "", fmt.Errorf("header extension %#x of %d bytes runs past the header cluster", typ, n)
 		}
 		switch typ {
 		case extCrypto:
-			return bm, fmt.Errorf("encryption is not supported")
+			return bm, "", fmt.Errorf("encryption is not supported")
 		case extDataFile:
-			return bm, fmt.Errorf("external data files are not supported (%q)", strings.TrimRight(string(b[off:off+n]), "\x00"))
+			return bm, "", fmt.Errorf("external data files are not supported (%q)", strings.TrimRight(string(b[off:off+n]), "\x00"))
+		case extBackingFmt:
+			backingFmt = strings.TrimRight(string(b[off:off+n]), "\x00")
 		case extBitmaps:
 			if n >= 24 {
 				bm = bitmapExt{present: true, nbBitmaps: be.Uint32(b[off:]), dirSize: be.Uint64(b[off+8:]), dirOff: be.Uint64(b[off+16:])}
@@ -224,5 +223,5 @@ func parseExtensions(b []byte, start uint32) (bitmapExt, error) {
 		}
 		off += (n + 7) &^ 7
 	}
-	return bm, nil
+	return bm, backingFmt, nil
 }

@@ -481,7 +481,7 @@ func TestMalformedImages(t *testing.T) {
 		{"bad magic", func(b []byte) []byte { b[0] = 'X'; return b }, "bad magic"},
 		{"version 4", func(b []byte) []byte { be.PutUint32(b[4:], 4); return b }, "version 4"},
 		{"cluster bits", func(b []byte) []byte { be.PutUint32(b[20:], 30); return b }, "cluster size"},
-		{"backing file", func(b []byte) []byte { be.PutUint64(b[8:], 200); be.PutUint32(b[16:], 4); return b }, "backing files"},
+		{"backing file name of NULs", func(b []byte) []byte { be.PutUint64(b[8:], 200); be.PutUint32(b[16:], 4); return b }, "backing file name"},
 		{"encryption", func(b []byte) []byte { be.PutUint32(b[32:], 1); return b }, "encryption"},
 		{"external data file", func(b []byte) []byte { be.PutUint64(b[72:], incompatDataFile); return b }, "external data"},
 		{"unknown incompatible", func(b []byte) []byte { be.PutUint64(b[72:], 1<<40); return b }, "unknown incompatible"},
@@ -539,6 +539,18 @@ func FuzzOpenQcow2(f *testing.F) {
 	q.CreateSnapshot(Snapshot{Name: "snap", VMStateSize: 2, ICount: -1})
 	q.Close()
 	b, _ := os.ReadFile(seed)
+	f.Add(b)
+	// An overlay on the seed: the inputs below it reach the backing code.
+	ov := filepath.Join(dir, "ov.qcow2")
+	if err := CreateQcow2(ov, 1<<20, CreateOptions{ClusterSize: 512, BackingFile: "seed.qcow2", BackingFormat: "qcow2"}); err != nil {
+		f.Fatal(err)
+	}
+	if q, err = OpenQcow2(ov, "o", false); err != nil {
+		f.Fatal(err)
+	}
+	q.WriteAt([]byte("over"), 1000)
+	q.Close()
+	b, _ = os.ReadFile(ov)
 	f.Add(b)
 	// One file per worker, rewritten for every input: a temporary
 	// directory per input made go test -fuzz stall on this project's hosts.

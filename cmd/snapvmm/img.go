@@ -23,7 +23,9 @@ func newImgCmd() *cobra.Command {
 Examples:
   snapvmm img create -f qcow2 disk.qcow2 1G
   snapvmm img create -f qcow2 -o cluster_size=4096,compat=0.10 small.qcow2 64M
+  snapvmm img create -f qcow2 -b disk.qcow2 -F qcow2 overlay.qcow2
   snapvmm img info disk.qcow2
+  snapvmm img info --backing-chain overlay.qcow2
   snapvmm img check -r leaks disk.qcow2
   snapvmm img snapshot -c before-upgrade disk.qcow2
   snapvmm img snapshot -l disk.qcow2
@@ -42,22 +44,38 @@ leaves the image as it was, byte for byte.`,
 }
 
 func newImgCreateCmd() *cobra.Command {
-	var format, opts string
+	var format, opts, backing, backingFmt string
 	cmd := &cobra.Command{
-		Use:   "create [-f qcow2|raw] [-o cluster_size=N,compat=0.10|1.1] PATH SIZE",
-		Short: "Create an image",
-		Args:  cobra.ExactArgs(2),
+		Use:   "create [-f qcow2|raw] [-o cluster_size=N,compat=0.10|1.1] [-b BACKING -F qcow2|raw] PATH [SIZE]",
+		Short: "Create an image, or an overlay on a backing file",
+		Long: `Create an image. With -b, a qcow2 overlay whose unwritten clusters read
+from BACKING: a relative BACKING is relative to the overlay's directory,
+-F (its format) is required as by qemu-img since QEMU 6.1, and SIZE
+defaults to the backing file's size.`,
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req, err := parseImgSize(args[1])
-			if err != nil {
-				return usagef("img create: %v", err)
+			path := args[0]
+			if backing == "" && backingFmt != "" {
+				return fmt.Errorf("%s: Backing format cannot be used without backing file", path)
+			}
+			if len(args) == 1 && backing == "" {
+				return usagef("img create: Image creation needs a size parameter")
+			}
+			var req uint64
+			if len(args) == 2 {
+				var err error
+				if req, err = parseImgSize(args[1]); err != nil {
+					return usagef("img create: %v", err)
+				}
 			}
 			// qemu-img stores whole sectors: the size is rounded up to a
 			// multiple of 512 (the message shows the size asked for).
 			size := (req + 511) &^ 511
-			path := args[0]
 			switch format {
 			case "raw":
+				if backing != "" {
+					return usagef("img create: -b needs -f qcow2: raw images have no backing file")
+				}
 				if opts != "" {
 					return usagef("img create: -o is not supported for raw images")
 				}
@@ -71,14 +89,20 @@ func newImgCreateCmd() *cobra.Command {
 				if err != nil {
 					return usagef("img create: %v", err)
 				}
-				if err := block.CreateQcow2(path, size, o); err != nil {
+				var bk string
+				if backing != "" {
+					if req, err = createOverlay(path, backing, backingFmt, size, len(args) == 2, o); err != nil {
+						return err
+					}
+					bk = fmt.Sprintf(" backing_file=%s backing_fmt=%s", backing, backingFmt)
+				} else if err := block.CreateQcow2(path, size, o); err != nil {
 					return err
 				}
 				cs := o.ClusterSize
 				if cs == 0 {
 					cs = 65536
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "Formatting '%s', fmt=qcow2 cluster_size=%d size=%d\n", path, cs, req)
+				fmt.Fprintf(cmd.OutOrStdout(), "Formatting '%s', fmt=qcow2 cluster_size=%d size=%d%s\n", path, cs, req, bk)
 				return nil
 			}
 			return usagef("img create: format %q: want qcow2 or raw", format)
@@ -86,6 +110,8 @@ func newImgCreateCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&format, "format", "f", "qcow2", "image format: qcow2 or raw")
 	cmd.Flags().StringVarP(&opts, "options", "o", "", "qcow2 options: cluster_size=N (512..2M), compat=0.10|1.1")
+	cmd.Flags().StringVarP(&backing, "backing", "b", "", "make an overlay on this backing file (relative to the overlay's directory)")
+	cmd.Flags().StringVarP(&backingFmt, "backing-format", "F", "", "the backing file's format: qcow2 or raw (required with -b)")
 	return cmd
 }
 
@@ -149,22 +175,17 @@ func openQcow2(path string, readOnly, forceShare bool) (*block.Qcow2, error) {
 }
 
 func newImgInfoCmd() *cobra.Command {
-	var share bool
+	var share, chain bool
 	cmd := &cobra.Command{
-		Use:   "info [-U] PATH",
-		Short: "Show an image's format, sizes and snapshots",
+		Use:   "info [-U] [--backing-chain] PATH",
+		Short: "Show an image's format, sizes, backing file and snapshots",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			n, err := openImage(args[0], true, share)
-			if err != nil {
-				return err
-			}
-			defer n.Close()
-			writeInfo(cmd.OutOrStdout(), n)
-			return nil
+			return infoChain(cmd.OutOrStdout(), args[0], chain, share)
 		},
 	}
 	addForceShare(cmd, &share)
+	cmd.Flags().BoolVar(&chain, "backing-chain", false, "show every image of the backing chain, top first")
 	return cmd
 }
 
@@ -185,6 +206,7 @@ func writeInfo(w io.Writer, n block.Node) {
 		return
 	}
 	fmt.Fprintf(w, "cluster_size: %d\n", q.ClusterSize())
+	writeBackingInfo(w, q)
 	if snaps := q.Snapshots(); len(snaps) > 0 {
 		fmt.Fprint(w, block.FormatSnapshotList(snaps, time.Local))
 		writeVMStateUsage(w, q, snaps)
