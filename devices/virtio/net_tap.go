@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -48,7 +49,10 @@ func OpenTap(name string) (*Tap, error) {
 	// tap. The lookup uses netlink from this thread, so it sees the same
 	// network namespace as TUNSETIFF (sysfs may show another).
 	if _, err := net.InterfaceByName(name); err != nil {
-		return nil, fmt.Errorf("open tap %s: %w (create it with: ip tuntap add dev %s mode tap user $USER): %v", name, ErrTapMissing, name, err)
+		if !strings.Contains(err.Error(), "no such network interface") {
+			return nil, fmt.Errorf("open tap %s: look the interface up: %w", name, err)
+		}
+		return nil, fmt.Errorf("open tap %s: %w (create it with: ip tuntap add dev %s mode tap user $USER)", name, ErrTapMissing, name)
 	}
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
