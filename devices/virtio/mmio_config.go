@@ -16,10 +16,3 @@ func (m *MMIO) ConfigChanged() {
 		m.irq(false)
 	}
 }
-
-// needsReset reports whether the device asked for a reset (NeedsReset).
-func (m *MMIO) needsReset() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.status&statusNeedsReset != 0
-}
