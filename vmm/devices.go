@@ -18,7 +18,7 @@ type deviceSet struct {
 	pio, mmio *devices.Bus
 	serial    *devices.Serial
 	devs      []snapshot.Device // what snapshots save, in order
-	blks      []*virtio.Block   // the disks, drained when the VM pauses
+	blks      []virtioDevice    // disks, then network cards: drained when the VM pauses
 }
 
 // newDeviceSet builds the PC platform and one virtio-blk device per disk.

@@ -31,6 +31,8 @@ type Config struct {
 	Serial io.Writer
 	// Disks are attached as virtio-blk devices over virtio-mmio.
 	Disks []block.Node
+	// Nets are attached as virtio-net cards after the disks.
+	Nets []NetConfig
 	// PVMWorkarounds appends PVMCmdline to a Linux guest's command line
 	// when the host KVM is PVM.
 	PVMWorkarounds bool
@@ -114,7 +116,7 @@ type VM struct {
 	cpuidBase   []kvm.CPUIDEntry
 	cpuidDigest string
 	work        map[int][]vcpuWork
-	blks        []*virtio.Block
+	blks        []virtioDevice // disks and network cards (net.go)
 
 	// powerOn is what Reset returns to; see reset.go.
 	powerOn powerOnState
@@ -250,7 +252,7 @@ func (vm *VM) load() error {
 		vm.log.Infof("PVM host: appended to the guest command line: %s", PVMCmdline)
 	}
 	if k := boot.Probe(vm.cfg.Kernel); k == boot.KindBzImage || k == boot.KindPVH {
-		for i := range vm.cfg.Disks {
+		for i := range len(vm.cfg.Disks) + len(vm.cfg.Nets) {
 			// Linux finds virtio-mmio devices from its command line.
 			cmdline = appendCmdline(cmdline, fmt.Sprintf("virtio_mmio.device=4K@%#x:%d", VirtioMMIOBase+uint64(i)*virtio.MMIOSize, VirtioIRQBase+i))
 		}
@@ -285,6 +287,10 @@ func (vm *VM) setupDevices() error {
 	s, err := newDeviceSet(vm.layout, vm.cfg.Serial, vm.irqFunc, func() { vm.requestExit(ExitReset, nil) },
 		vm.cfg.Disks, deviceMem{vm}, vm.log)
 	if err != nil {
+		return err
+	}
+	if err := s.addNets(vm.cfg.Nets, len(vm.cfg.Disks), vm.irqFunc, deviceMem{vm}, vm.log); err != nil {
+		s.close()
 		return err
 	}
 	vm.PIO, vm.MMIO, vm.Serial, vm.devs, vm.blks = s.pio, s.mmio, s.serial, s.devs, s.blks

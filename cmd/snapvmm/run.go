@@ -33,6 +33,7 @@ type runOpts struct {
 	loadMode                   string
 	saveMode                   string
 	cpuAffinity                string
+	net                        netOpts // netflags.go
 }
 
 func newRunCmd() *cobra.Command {
@@ -93,6 +94,7 @@ Examples:
 		"guest RAM (userfaultfd WP on shared memory)")
 	f.BoolVar(&o.noPVMWorkarounds, "no-pvm-workarounds", false,
 		"on a PVM host, do not append the options that keep Linux off unsupported instructions")
+	addNetFlags(cmd, &o.net)
 	return cmd
 }
 
@@ -136,6 +138,10 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 			return usagef("--initrd: %v", err)
 		}
 	}
+	netdevs, cards, err := parseNetFlags(&o.net)
+	if err != nil {
+		return err
+	}
 	var specs []block.DriveSpec
 	for _, d := range o.drives {
 		spec, err := block.ParseDriveSpec(d)
@@ -164,6 +170,11 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 	if o.loadvm != "" && len(specs) == 0 {
 		return usagef("--loadvm %s: no --drive holds snapshots", o.loadvm)
 	}
+	nets, closeNets, err := openNets(netdevs, cards)
+	if err != nil {
+		return err
+	}
+	defer closeNets()
 	serialOut, interactive, closeSerial, err := openSerial(o.serial)
 	if err != nil {
 		return err
@@ -172,7 +183,7 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 
 	vm, err := vmm.New(vmm.Config{
 		Kernel: kernel, Initrd: initrd, Cmdline: o.appendLine, Memory: mem, VCPUs: o.cpus,
-		Serial: serialOut, Disks: disks, PVMWorkarounds: !o.noPVMWorkarounds, VCPUAffinity: affinity, Log: log,
+		Serial: serialOut, Disks: disks, Nets: nets, PVMWorkarounds: !o.noPVMWorkarounds, VCPUAffinity: affinity, Log: log,
 	})
 	if err != nil {
 		if errors.Is(err, vmm.ErrBadConfig) {

@@ -27,3 +27,15 @@ func storeHigh16(b []byte, v uint16) {
 		}
 	}
 }
+
+// storeLow16 atomically replaces the lower 16 bits (bytes 0-1) of the
+// aligned 32-bit word at b[0:4]: the event-index fields (queue_event.go).
+func storeLow16(b []byte, v uint16) {
+	p := (*uint32)(unsafe.Pointer(&b[0]))
+	for {
+		old := atomic.LoadUint32(p)
+		if atomic.CompareAndSwapUint32(p, old, old&^0xffff|uint32(v)) {
+			return
+		}
+	}
+}

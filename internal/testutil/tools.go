@@ -26,6 +26,7 @@ var toolPackages = map[string]string{
 	"busybox":            "busybox-static",
 	"as":                 "binutils",
 	"ld":                 "binutils",
+	"ip":                 "iproute2",
 }
 
 // ToolRequired reports whether SNAPVMM_REQUIRE_TOOLS makes a missing name
