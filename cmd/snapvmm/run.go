@@ -96,7 +96,11 @@ Examples:
 	return cmd
 }
 
-func runVM(cmd *cobra.Command, o *runOpts) error {
+// closeDrives closes (and so flushes and syncs) every drive at the end of
+// run; tests replace it to inject a failing sync.
+var closeDrives = (*block.Registry).Close
+
+func runVM(cmd *cobra.Command, o *runOpts) (err error) {
 	log, err := setupLog(o.logLevel)
 	if err != nil {
 		return err
@@ -145,7 +149,18 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 		specs = append(specs, spec)
 	}
 	reg := block.NewRegistry()
-	defer reg.Close()
+	// The drives' last writes reach the disk only here: a failed sync is
+	// the run's failure (status 1), never an exit 0 over an unsynced image.
+	defer func() {
+		if cerr := closeDrives(reg); cerr != nil {
+			cerr = fmt.Errorf("close drives, their last writes may not be on disk: %w", cerr)
+			if errors.As(err, new(exitError)) {
+				// run prints no message for an exit status of its own.
+				fmt.Fprintf(os.Stderr, "snapvmm: %v\n", cerr)
+			}
+			err = errors.Join(err, cerr)
+		}
+	}()
 	var disks []block.Node
 	for _, spec := range specs {
 		d, err := reg.OpenDrive(spec, func(w string) { log.Warn(w) })
