@@ -43,8 +43,9 @@ type LazyRAM struct {
 	n       int
 	onError func(error)
 	log     *logrus.Entry
-	hold    <-chan struct{} // background loading waits for it (tests); nil: no wait
-	onEnd   func()          // lazyOptions.onEnd
+	hold    <-chan struct{}    // background loading waits for it (tests); nil: no wait
+	onEnd   func()             // lazyOptions.onEnd
+	discard func([]byte) error // lazyOptions.discard
 
 	fd *uffd.FD
 	// alias is a second mapping of mem's pages, in reuse mode (where the
@@ -92,12 +93,15 @@ type LazyRAM struct {
 	done     chan struct{}
 	started  time.Time
 
-	mu      sync.Mutex
-	cond    *sync.Cond // broadcast when a chunk lands and when the session ends
-	ended   bool       // the outcome is decided (err says which)
-	err     error      // nil: complete; the failure; ErrLazyRAMClosed
-	closed  bool       // Close was called: the memory is no longer this session's
-	elapsed time.Duration
+	mu    sync.Mutex
+	cond  *sync.Cond // broadcast when a chunk lands and when the session ends
+	ended bool       // the outcome is decided (err says which)
+	err   error      // nil: complete; the failure; ErrLazyRAMClosed
+	// emptyErr is why chunks never placed could not be emptied (also in
+	// err): Close returns it.
+	emptyErr error
+	closed   bool // Close was called: the memory is no longer this session's
+	elapsed  time.Duration
 }
 
 const (
@@ -123,6 +127,9 @@ type lazyOptions struct {
 	// where the snapshot is worth it (reuseFits), or always, or never
 	// (guest RAM's pages freed, every chunk copied with UFFDIO_COPY).
 	reuse reuseMode
+	// discard frees pages (MADV_REMOVE) where an ended session empties
+	// the chunks it never placed; tests make it fail.
+	discard func([]byte) error
 }
 
 // reuseMode is lazyOptions.reuse.
@@ -166,9 +173,12 @@ func newLazyRAM(mem []byte, src RAMSource, onError func(error), log *logrus.Entr
 	if opts.loaders <= 0 {
 		opts.loaders = lazyLoaders()
 	}
+	if opts.discard == nil {
+		opts.discard = func(b []byte) error { return unix.Madvise(b, unix.MADV_REMOVE) }
+	}
 	l := &LazyRAM{
 		mem: mem, base: uffd.Addr(mem), src: src, size: src.RAMSize(), chunk: src.ChunkSize(),
-		n: src.Chunks(), onError: onError, log: log, hold: opts.hold, onEnd: opts.onEnd, stopFd: -1,
+		n: src.Chunks(), onError: onError, log: log, hold: opts.hold, onEnd: opts.onEnd, discard: opts.discard, stopFd: -1,
 		quit: make(chan struct{}), done: make(chan struct{}), started: time.Now(),
 	}
 	l.cond = sync.NewCond(&l.mu)
@@ -416,8 +426,10 @@ func (l *LazyRAM) supervise() {
 		if err := l.fd.Unregister(l.base, l.size); err != nil {
 			l.log.Errorf("lazy RAM load: %v", err)
 		}
-	} else {
-		l.emptyMissing()
+	} else if err := l.emptyMissing(); err != nil {
+		l.mu.Lock()
+		l.err, l.emptyErr = errors.Join(l.err, err), err
+		l.mu.Unlock()
 	}
 	l.release()
 	l.mu.Lock()
@@ -437,20 +449,28 @@ func (l *LazyRAM) supervise() {
 
 // emptyMissing frees, in reuse mode, the old pages of every chunk not
 // placed, before the descriptor closes: pages never loaded read as zeros,
-// never as the memory of the guest that ran before the load.
-func (l *LazyRAM) emptyMissing() {
+// never as the memory of the guest that ran before the load. A failure is
+// the session's result (Err, Close): those chunks still hold that memory.
+func (l *LazyRAM) emptyMissing() error {
 	if l.alias == nil {
-		return
+		return nil
 	}
+	failed, first := 0, error(nil)
 	for i := range l.n {
 		if l.state[i].Load() == chunkPresent {
 			continue
 		}
 		off := uint64(i) * l.chunk
-		if err := unix.Madvise(l.alias[off:off+min(l.chunk, l.size-off)], unix.MADV_REMOVE); err != nil {
-			l.log.Errorf("lazy RAM load: empty chunk %d: %v", i, err)
+		if err := l.discard(l.alias[off : off+min(l.chunk, l.size-off)]); err != nil {
+			if failed++; first == nil {
+				first = fmt.Errorf("chunk %d: %w", i, err)
+			}
 		}
 	}
+	if failed > 0 {
+		return fmt.Errorf("lazy RAM load: free the old pages of %d chunks never placed (they still hold the memory of the guest before the load), first %w", failed, first)
+	}
+	return nil
 }
 
 // Done is closed when the session is over: every chunk in place, or ended
@@ -479,8 +499,9 @@ func (l *LazyRAM) Finish() error {
 // stops, the descriptor is closed and chunks never loaded read as zeros.
 // It returns once the session is torn down, which may wait for a running
 // onError: call it holding no lock onError takes. After a complete
-// session it does nothing.
-func (l *LazyRAM) Close() {
+// session it does nothing. Its error is a failure to empty the chunks
+// never placed (emptyMissing), whoever ended the session.
+func (l *LazyRAM) Close() error {
 	l.mu.Lock()
 	l.closed = true
 	if !l.ended {
@@ -490,6 +511,9 @@ func (l *LazyRAM) Close() {
 	l.mu.Unlock()
 	l.stop()
 	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.emptyErr
 }
 
 // Ensure makes [off, off+n) of guest RAM (offsets into the whole mapping)

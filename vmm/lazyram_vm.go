@@ -29,7 +29,9 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 	if s := vm.State(); s.Running() || s == StateShutdown {
 		return nil, fmt.Errorf("lazy RAM load: VM is %s, not stopped", s)
 	}
-	vm.endLazyRAM()
+	if err := vm.endLazyRAM(); err != nil {
+		return nil, err
+	}
 	vm.endLiveSave() // the pages under its writer change below
 	vm.dropRAMBase()
 	// Where the session keeps the pages (reuse mode, LazyRAM.alias) the
@@ -62,11 +64,13 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 }
 
 // endLazyRAM closes the VM's lazy RAM session, if any, before something
-// replaces or frees guest RAM.
-func (vm *VM) endLazyRAM() {
+// replaces or frees guest RAM. Its error is the session's failure to empty
+// the chunks it never placed (LazyRAM.Close).
+func (vm *VM) endLazyRAM() error {
 	if l := vm.lazy.Swap(nil); l != nil {
-		l.Close()
+		return l.Close()
 	}
+	return nil
 }
 
 // deviceMem is guest RAM as the devices see it: during a lazy RAM load a

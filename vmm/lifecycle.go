@@ -299,9 +299,8 @@ func (vm *VM) Close() error {
 	if wasStarted {
 		addVCPUProcs(-len(vm.vcpus))
 	}
-	vm.endLazyRAM()
+	errs := []error{vm.endLazyRAM()}
 	vm.endLiveSave()
-	var errs []error
 	for _, b := range vm.blks {
 		b.Close()
 	}

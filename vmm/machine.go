@@ -164,7 +164,9 @@ func saveToArea(m snapshot.Machine, area block.VMStateArea, progress snapshot.Pr
 // pages are about to be replaced.
 func (vm *VM) LoadState(r io.ReaderAt, size uint64) error {
 	defer vm.holdInput()()
-	vm.endLazyRAM()
+	if err := vm.endLazyRAM(); err != nil {
+		return err
+	}
 	vm.endLiveSave()
 	vm.dropRAMBase()
 	return snapshot.Load(vm, r, size)

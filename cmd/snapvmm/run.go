@@ -97,8 +97,26 @@ Examples:
 }
 
 // closeDrives closes (and so flushes and syncs) every drive at the end of
-// run; tests replace it to inject a failing sync.
-var closeDrives = (*block.Registry).Close
+// run, closeVM the VM (after its jobs and lazy load ended); tests replace
+// them to inject a failure.
+var (
+	closeDrives = (*block.Registry).Close
+	closeVM     = (*vmm.VM).Close
+)
+
+// joinCloseError adds a failure at the end of run to its error: the status
+// is then 1 at least, and the failure is named even where run already
+// chose a status of its own (exitError, which run prints no message for).
+func joinCloseError(err *error, what string, cerr error) {
+	if cerr == nil {
+		return
+	}
+	cerr = fmt.Errorf("%s: %w", what, cerr)
+	if errors.As(*err, new(exitError)) {
+		fmt.Fprintf(os.Stderr, "snapvmm: %v\n", cerr)
+	}
+	*err = errors.Join(*err, cerr)
+}
 
 func runVM(cmd *cobra.Command, o *runOpts) (err error) {
 	log, err := setupLog(o.logLevel)
@@ -151,16 +169,7 @@ func runVM(cmd *cobra.Command, o *runOpts) (err error) {
 	reg := block.NewRegistry()
 	// The drives' last writes reach the disk only here: a failed sync is
 	// the run's failure (status 1), never an exit 0 over an unsynced image.
-	defer func() {
-		if cerr := closeDrives(reg); cerr != nil {
-			cerr = fmt.Errorf("close drives, their last writes may not be on disk: %w", cerr)
-			if errors.As(err, new(exitError)) {
-				// run prints no message for an exit status of its own.
-				fmt.Fprintf(os.Stderr, "snapvmm: %v\n", cerr)
-			}
-			err = errors.Join(err, cerr)
-		}
-	}()
+	defer func() { joinCloseError(&err, "close drives, their last writes may not be on disk", closeDrives(reg)) }()
 	var disks []block.Node
 	for _, spec := range specs {
 		d, err := reg.OpenDrive(spec, func(w string) { log.Warn(w) })
@@ -198,7 +207,7 @@ func runVM(cmd *cobra.Command, o *runOpts) (err error) {
 		}
 		return err
 	}
-	defer vm.Close()
+	defer func() { joinCloseError(&err, "close the VM", closeVM(vm)) }()
 	if vm.PVM() {
 		log.Warn("this host's /dev/kvm is nested PVM: guest kernel code runs hundreds of times slower than native here")
 	}

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/snapvmm/snapvmm/block"
+	"github.com/snapvmm/snapvmm/internal/testutil"
+	"github.com/snapvmm/snapvmm/vmm"
 )
 
 // TestRunReportsAFailedDriveSync: run's deferred close of the drives is
@@ -40,5 +42,24 @@ func TestRunReportsAFailedDriveSync(t *testing.T) {
 	}
 	if code := exitStatus(err); code == 0 {
 		t.Fatalf("exit status 0 with the drives unsynced (%v)", err)
+	}
+}
+
+// TestRunReportsAFailedVMClose: the VM's Close (the end of a lazy load
+// included, whose failure to empty chunks it returns) was deferred with its
+// error dropped. With KVM, the hello guest runs and resets (status 0); a
+// failing Close, injected, must make the run fail.
+func TestRunReportsAFailedVMClose(t *testing.T) {
+	testutil.OpenKVM(t)
+	injected := errors.New("injected: close the VM failed")
+	old := closeVM
+	closeVM = func(vm *vmm.VM) error { return errors.Join(vm.Close(), injected) }
+	defer func() { closeVM = old }()
+	cmd := newRunCmd()
+	cmd.SilenceUsage, cmd.SilenceErrors = true, true
+	cmd.SetArgs([]string{"--kernel", "../../testdata/guests/hello", "--memory", "16M", "--serial", "none"})
+	err := cmd.Execute()
+	if !errors.Is(err, injected) || exitStatus(err) == 0 {
+		t.Fatalf("run returned %v (status %d): the VM's failed Close is lost", err, exitStatus(err))
 	}
 }
