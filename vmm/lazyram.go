@@ -93,14 +93,12 @@ type LazyRAM struct {
 	done     chan struct{}
 	started  time.Time
 
-	mu    sync.Mutex
-	cond  *sync.Cond // broadcast when a chunk lands and when the session ends
-	ended bool       // the outcome is decided (err says which)
-	err   error      // nil: complete; the failure; ErrLazyRAMClosed
-	// emptyErr is why chunks never placed could not be emptied (also in
-	// err): Close returns it.
-	emptyErr error
-	closed   bool // Close was called: the memory is no longer this session's
+	mu       sync.Mutex
+	cond     *sync.Cond // broadcast when a chunk lands and when the session ends
+	ended    bool       // the outcome is decided (err says which)
+	err      error      // nil: complete; the failure; ErrLazyRAMClosed
+	emptyErr error      // chunks never placed that could not be emptied (in err too): Close returns it
+	closed   bool       // Close was called: the memory is no longer this session's
 	elapsed  time.Duration
 }
 
@@ -127,8 +125,7 @@ type lazyOptions struct {
 	// where the snapshot is worth it (reuseFits), or always, or never
 	// (guest RAM's pages freed, every chunk copied with UFFDIO_COPY).
 	reuse reuseMode
-	// discard frees pages (MADV_REMOVE) where an ended session empties
-	// the chunks it never placed; tests make it fail.
+	// discard frees the pages of chunks never placed (MADV_REMOVE); tests make it fail.
 	discard func([]byte) error
 }
 
