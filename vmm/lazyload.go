@@ -28,9 +28,7 @@ func (vm *VM) LoadStateLazy(r io.ReaderAt, size uint64, onError func(error)) (*L
 	}
 	defer vm.holdInput()()
 	// A previous session's pages are about to be replaced.
-	if err := vm.endLazyRAM(); err != nil {
-		return nil, err
-	}
+	vm.endLazyRAM()
 	vm.dropRAMBase()
 	src, err := snapshot.LoadLazy(vm, r, size)
 	if errors.Is(err, snapshot.ErrNotLazy) {

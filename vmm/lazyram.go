@@ -43,9 +43,8 @@ type LazyRAM struct {
 	n       int
 	onError func(error)
 	log     *logrus.Entry
-	hold    <-chan struct{}    // background loading waits for it (tests); nil: no wait
-	onEnd   func()             // lazyOptions.onEnd
-	discard func([]byte) error // lazyOptions.discard
+	hold    <-chan struct{} // background loading waits for it (tests); nil: no wait
+	onEnd   func()          // lazyOptions.onEnd
 
 	fd *uffd.FD
 	// alias is a second mapping of mem's pages, in reuse mode (where the
@@ -65,6 +64,7 @@ type LazyRAM struct {
 	sentinel []byte
 	stopFd   int
 	stopping sync.WaitGroup
+	discard  func([]byte) error // frees the pages of chunks never placed (lazyOptions)
 
 	state     []atomic.Uint32 // chunkMissing, chunkClaimed, chunkPresent
 	requested []atomic.Bool   // the chunk was queued on urgent (each at most once)
@@ -93,13 +93,14 @@ type LazyRAM struct {
 	done     chan struct{}
 	started  time.Time
 
-	mu       sync.Mutex
-	cond     *sync.Cond // broadcast when a chunk lands and when the session ends
-	ended    bool       // the outcome is decided (err says which)
-	err      error      // nil: complete; the failure; ErrLazyRAMClosed
-	emptyErr error      // chunks never placed that could not be emptied (in err too): Close returns it
-	closed   bool       // Close was called: the memory is no longer this session's
-	elapsed  time.Duration
+	mu      sync.Mutex
+	cond    *sync.Cond // broadcast when a chunk lands and when the session ends
+	ended   bool       // the outcome is decided (err says which)
+	err     error      // nil: complete; the failure; ErrLazyRAMClosed
+	closed  bool       // Close was called: the memory is no longer this session's
+	elapsed time.Duration
+
+	emptyErr error // under mu: chunks never placed could not be emptied (in err too)
 }
 
 const (
@@ -170,15 +171,15 @@ func newLazyRAM(mem []byte, src RAMSource, onError func(error), log *logrus.Entr
 	if opts.loaders <= 0 {
 		opts.loaders = lazyLoaders()
 	}
-	if opts.discard == nil {
-		opts.discard = func(b []byte) error { return unix.Madvise(b, unix.MADV_REMOVE) }
-	}
 	l := &LazyRAM{
 		mem: mem, base: uffd.Addr(mem), src: src, size: src.RAMSize(), chunk: src.ChunkSize(),
-		n: src.Chunks(), onError: onError, log: log, hold: opts.hold, onEnd: opts.onEnd, discard: opts.discard, stopFd: -1,
+		n: src.Chunks(), onError: onError, log: log, hold: opts.hold, onEnd: opts.onEnd, stopFd: -1,
 		quit: make(chan struct{}), done: make(chan struct{}), started: time.Now(),
 	}
 	l.cond = sync.NewCond(&l.mu)
+	if l.discard = opts.discard; l.discard == nil {
+		l.discard = func(b []byte) error { return unix.Madvise(b, unix.MADV_REMOVE) }
+	}
 	l.state = make([]atomic.Uint32, l.n)
 	l.requested = make([]atomic.Bool, l.n)
 	l.zeroed = make([]atomic.Bool, l.n)
@@ -423,10 +424,8 @@ func (l *LazyRAM) supervise() {
 		if err := l.fd.Unregister(l.base, l.size); err != nil {
 			l.log.Errorf("lazy RAM load: %v", err)
 		}
-	} else if err := l.emptyMissing(); err != nil {
-		l.mu.Lock()
-		l.err, l.emptyErr = errors.Join(l.err, err), err
-		l.mu.Unlock()
+	} else {
+		l.emptyMissing()
 	}
 	l.release()
 	l.mu.Lock()
@@ -448,9 +447,9 @@ func (l *LazyRAM) supervise() {
 // placed, before the descriptor closes: pages never loaded read as zeros,
 // never as the memory of the guest that ran before the load. A failure is
 // the session's result (Err, Close): those chunks still hold that memory.
-func (l *LazyRAM) emptyMissing() error {
+func (l *LazyRAM) emptyMissing() {
 	if l.alias == nil {
-		return nil
+		return
 	}
 	failed, first := 0, error(nil)
 	for i := range l.n {
@@ -465,9 +464,11 @@ func (l *LazyRAM) emptyMissing() error {
 		}
 	}
 	if failed > 0 {
-		return fmt.Errorf("lazy RAM load: free the old pages of %d chunks never placed (they still hold the memory of the guest before the load), first %w", failed, first)
+		err := fmt.Errorf("lazy RAM load: free the old pages of %d chunks never placed (they still hold the memory of the guest before the load), first %w", failed, first)
+		l.mu.Lock()
+		l.err, l.emptyErr = errors.Join(l.err, err), err
+		l.mu.Unlock()
 	}
-	return nil
 }
 
 // Done is closed when the session is over: every chunk in place, or ended

@@ -29,9 +29,7 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 	if s := vm.State(); s.Running() || s == StateShutdown {
 		return nil, fmt.Errorf("lazy RAM load: VM is %s, not stopped", s)
 	}
-	if err := vm.endLazyRAM(); err != nil {
-		return nil, err
-	}
+	vm.endLazyRAM()
 	vm.endLiveSave() // the pages under its writer change below
 	vm.dropRAMBase()
 	// Where the session keeps the pages (reuse mode, LazyRAM.alias) the
@@ -64,13 +62,13 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 }
 
 // endLazyRAM closes the VM's lazy RAM session, if any, before something
-// replaces or frees guest RAM. Its error is the session's failure to empty
-// the chunks it never placed (LazyRAM.Close).
-func (vm *VM) endLazyRAM() error {
+// replaces or frees guest RAM. Close's error (chunks never placed that it
+// could not empty) needs no caller here: all of guest RAM is rewritten (a
+// load) or discarded (reset, VM.Close) right after.
+func (vm *VM) endLazyRAM() {
 	if l := vm.lazy.Swap(nil); l != nil {
-		return l.Close()
+		l.Close()
 	}
-	return nil
 }
 
 // deviceMem is guest RAM as the devices see it: during a lazy RAM load a

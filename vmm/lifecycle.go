@@ -299,8 +299,9 @@ func (vm *VM) Close() error {
 	if wasStarted {
 		addVCPUProcs(-len(vm.vcpus))
 	}
-	errs := []error{vm.endLazyRAM()}
+	vm.endLazyRAM()
 	vm.endLiveSave()
+	var errs []error
 	for _, b := range vm.blks {
 		b.Close()
 	}

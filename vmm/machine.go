@@ -164,9 +164,7 @@ func saveToArea(m snapshot.Machine, area block.VMStateArea, progress snapshot.Pr
 // pages are about to be replaced.
 func (vm *VM) LoadState(r io.ReaderAt, size uint64) error {
 	defer vm.holdInput()()
-	if err := vm.endLazyRAM(); err != nil {
-		return err
-	}
+	vm.endLazyRAM()
 	vm.endLiveSave()
 	vm.dropRAMBase()
 	return snapshot.Load(vm, r, size)

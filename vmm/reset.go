@@ -101,10 +101,10 @@ func (vm *VM) Reset() error {
 		}
 	}
 	vm.mu.Unlock()
-	lerr := vm.endLazyRAM() // stop serving a snapshot's RAM: it is discarded
-	vm.endLiveSave()        // nor write it: Discard maps fresh pages, unprotected
+	vm.endLazyRAM()  // stop serving a snapshot's RAM: it is discarded
+	vm.endLiveSave() // nor write it: Discard maps fresh pages, unprotected
 	vm.dropRAMBase()
-	err := errors.Join(vm.restorePowerOn(), lerr)
+	err := vm.restorePowerOn()
 	vm.mu.Lock()
 	defer vm.unlockAndNotify()
 	if wasRunning {

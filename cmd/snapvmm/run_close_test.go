@@ -45,10 +45,10 @@ func TestRunReportsAFailedDriveSync(t *testing.T) {
 	}
 }
 
-// TestRunReportsAFailedVMClose: the VM's Close (the end of a lazy load
-// included, whose failure to empty chunks it returns) was deferred with its
-// error dropped. With KVM, the hello guest runs and resets (status 0); a
-// failing Close, injected, must make the run fail.
+// TestRunReportsAFailedVMClose: the VM's Close (closing vCPU, VM and
+// memory descriptors) was deferred with its error dropped. With KVM, the
+// hello guest runs and resets (status 0); a failing Close, injected, must
+// make the run fail.
 func TestRunReportsAFailedVMClose(t *testing.T) {
 	testutil.OpenKVM(t)
 	injected := errors.New("injected: close the VM failed")
