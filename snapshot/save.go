@@ -65,11 +65,30 @@ type rawSection struct {
 	data    []byte
 }
 
-// newPlan collects everything but RAM from the paused machine.
+// inputHolder is a device that host input changes while the vCPUs are
+// parked (devices.Serial): HoldInput keeps that input back until
+// ReleaseInput.
+type inputHolder interface {
+	HoldInput()
+	ReleaseInput()
+}
+
+// newPlan collects everything but RAM from the paused machine. Host input
+// is held for the capture: a key reaching the UART after the vCPUs and
+// irqchip are captured and before the UART is would be saved with the
+// UART's interrupt level high and the irqchip's pin low, and after a load
+// no edge would ever come (a dead console). Held keys reach the running
+// device afterwards.
 func newPlan(m Machine) (*plan, error) {
 	for _, d := range m.Devices() {
 		if _, ok := d.Dev.(devices.Stateful); !ok {
 			return nil, fmt.Errorf("device %s cannot be snapshotted", d.ID)
+		}
+	}
+	for _, d := range m.Devices() {
+		if h, ok := d.Dev.(inputHolder); ok {
+			h.HoldInput()
+			defer h.ReleaseInput()
 		}
 	}
 	cpus, err := m.SaveCPUs()

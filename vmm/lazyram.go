@@ -64,6 +64,7 @@ type LazyRAM struct {
 	sentinel []byte
 	stopFd   int
 	stopping sync.WaitGroup
+	discard  func([]byte) error // frees the pages of chunks never placed (lazyOptions)
 
 	state     []atomic.Uint32 // chunkMissing, chunkClaimed, chunkPresent
 	requested []atomic.Bool   // the chunk was queued on urgent (each at most once)
@@ -98,6 +99,8 @@ type LazyRAM struct {
 	err     error      // nil: complete; the failure; ErrLazyRAMClosed
 	closed  bool       // Close was called: the memory is no longer this session's
 	elapsed time.Duration
+
+	emptyErr error // under mu: chunks never placed could not be emptied (in err too)
 }
 
 const (
@@ -123,6 +126,8 @@ type lazyOptions struct {
 	// where the snapshot is worth it (reuseFits), or always, or never
 	// (guest RAM's pages freed, every chunk copied with UFFDIO_COPY).
 	reuse reuseMode
+	// discard frees the pages of chunks never placed (MADV_REMOVE); tests make it fail.
+	discard func([]byte) error
 }
 
 // reuseMode is lazyOptions.reuse.
@@ -172,6 +177,9 @@ func newLazyRAM(mem []byte, src RAMSource, onError func(error), log *logrus.Entr
 		quit: make(chan struct{}), done: make(chan struct{}), started: time.Now(),
 	}
 	l.cond = sync.NewCond(&l.mu)
+	if l.discard = opts.discard; l.discard == nil {
+		l.discard = func(b []byte) error { return unix.Madvise(b, unix.MADV_REMOVE) }
+	}
 	l.state = make([]atomic.Uint32, l.n)
 	l.requested = make([]atomic.Bool, l.n)
 	l.zeroed = make([]atomic.Bool, l.n)
@@ -437,19 +445,29 @@ func (l *LazyRAM) supervise() {
 
 // emptyMissing frees, in reuse mode, the old pages of every chunk not
 // placed, before the descriptor closes: pages never loaded read as zeros,
-// never as the memory of the guest that ran before the load.
+// never as the memory of the guest that ran before the load. A failure is
+// the session's result (Err, Close): those chunks still hold that memory.
 func (l *LazyRAM) emptyMissing() {
 	if l.alias == nil {
 		return
 	}
+	failed, first := 0, error(nil)
 	for i := range l.n {
 		if l.state[i].Load() == chunkPresent {
 			continue
 		}
 		off := uint64(i) * l.chunk
-		if err := unix.Madvise(l.alias[off:off+min(l.chunk, l.size-off)], unix.MADV_REMOVE); err != nil {
-			l.log.Errorf("lazy RAM load: empty chunk %d: %v", i, err)
+		if err := l.discard(l.alias[off : off+min(l.chunk, l.size-off)]); err != nil {
+			if failed++; first == nil {
+				first = fmt.Errorf("chunk %d: %w", i, err)
+			}
 		}
+	}
+	if failed > 0 {
+		err := fmt.Errorf("lazy RAM load: free the old pages of %d chunks never placed (they still hold the memory of the guest before the load), first %w", failed, first)
+		l.mu.Lock()
+		l.err, l.emptyErr = errors.Join(l.err, err), err
+		l.mu.Unlock()
 	}
 }
 
@@ -479,8 +497,9 @@ func (l *LazyRAM) Finish() error {
 // stops, the descriptor is closed and chunks never loaded read as zeros.
 // It returns once the session is torn down, which may wait for a running
 // onError: call it holding no lock onError takes. After a complete
-// session it does nothing.
-func (l *LazyRAM) Close() {
+// session it does nothing. Its error is a failure to empty the chunks
+// never placed (emptyMissing), whoever ended the session.
+func (l *LazyRAM) Close() error {
 	l.mu.Lock()
 	l.closed = true
 	if !l.ended {
@@ -490,6 +509,9 @@ func (l *LazyRAM) Close() {
 	l.mu.Unlock()
 	l.stop()
 	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.emptyErr
 }
 
 // Ensure makes [off, off+n) of guest RAM (offsets into the whole mapping)

@@ -429,7 +429,11 @@ func testCloseEndsEarly(t *testing.T, opts lazyOptions) {
 	if err := l.Ensure(0, 8); err != nil {
 		t.Fatal(err)
 	}
-	within(t, "Close", l.Close)
+	within(t, "Close", func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
 	select {
 	case <-l.Done():
 	default:

@@ -62,7 +62,9 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 }
 
 // endLazyRAM closes the VM's lazy RAM session, if any, before something
-// replaces or frees guest RAM.
+// replaces or frees guest RAM. Close's error (chunks never placed that it
+// could not empty) needs no caller here: all of guest RAM is rewritten (a
+// load) or discarded (reset, VM.Close) right after.
 func (vm *VM) endLazyRAM() {
 	if l := vm.lazy.Swap(nil); l != nil {
 		l.Close()

@@ -203,9 +203,7 @@ func (vm *VM) quiesce() error {
 // unquiesce undoes quiesce: devices first, then the vCPUs. vm.mu is held.
 func (vm *VM) unquiesce() {
 	for _, b := range vm.blks {
-		if !vm.disksHeld {
-			b.Resume()
-		}
+		b.Resume() // a held disk stays held (holdDisks)
 	}
 	vm.req = reqNone
 	vm.cond.Broadcast()

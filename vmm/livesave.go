@@ -196,25 +196,19 @@ func (s *LiveSave) Release() {
 
 // holdDisks drains the virtio-blk devices and keeps them drained, even
 // while the VM runs, until releaseDisks: no request changes a disk or
-// writes guest RAM meanwhile.
+// writes guest RAM meanwhile. The hold is the device's own (Block.Hold),
+// so a guest resetting a device meanwhile does not lift it.
 func (vm *VM) holdDisks() {
-	vm.mu.Lock()
-	vm.disksHeld = true
-	vm.mu.Unlock()
 	for _, b := range vm.blks {
-		b.Drain()
+		b.Hold()
 	}
 }
 
-// releaseDisks ends holdDisks.
+// releaseDisks ends holdDisks; a paused VM's disks stay drained until it
+// runs.
 func (vm *VM) releaseDisks() {
-	vm.mu.Lock()
-	defer vm.mu.Unlock()
-	vm.disksHeld = false
-	if vm.state == StateRunning {
-		for _, b := range vm.blks {
-			b.Resume()
-		}
+	for _, b := range vm.blks {
+		b.Release()
 	}
 }
 

@@ -147,11 +147,10 @@ type VM struct {
 	// (lazyram.go), or nil.
 	lazy atomic.Pointer[LazyRAM]
 
-	// live is the live save writing guest RAM, or nil (livesave.go); while
-	// disksHeld (under mu) the virtio-blk devices stay drained even when
-	// the VM runs, so the disks keep their content of the capture.
-	live      atomic.Pointer[LiveSave]
-	disksHeld bool
+	// live is the live save writing guest RAM, or nil (livesave.go); its
+	// virtio-blk devices are held (holdDisks) even when the VM runs, so the
+	// disks keep their content of the capture.
+	live atomic.Pointer[LiveSave]
 	// liveMem is guest RAM's write protection (armed or saving) that
 	// device writes must go through; armed is one no save has taken yet.
 	liveMem atomic.Pointer[liveRAM]

@@ -66,7 +66,12 @@ func run(args []string) int {
 	root := newRoot()
 	root.SetArgs(args)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	err := root.Execute()
+	return exitStatus(root.Execute())
+}
+
+// exitStatus reports a command's error on stderr and maps it to the
+// process's exit status: 0, an exitError's own, 2 for usage, else 1.
+func exitStatus(err error) int {
 	if err == nil {
 		return 0
 	}

@@ -98,7 +98,29 @@ Examples:
 	return cmd
 }
 
-func runVM(cmd *cobra.Command, o *runOpts) error {
+// closeDrives closes (and so flushes and syncs) every drive at the end of
+// run, closeVM the VM (after its jobs and lazy load ended); tests replace
+// them to inject a failure.
+var (
+	closeDrives = (*block.Registry).Close
+	closeVM     = (*vmm.VM).Close
+)
+
+// joinCloseError adds a failure at the end of run to its error: the status
+// is then 1 at least, and the failure is named even where run already
+// chose a status of its own (exitError, which run prints no message for).
+func joinCloseError(err *error, what string, cerr error) {
+	if cerr == nil {
+		return
+	}
+	cerr = fmt.Errorf("%s: %w", what, cerr)
+	if errors.As(*err, new(exitError)) {
+		fmt.Fprintf(os.Stderr, "snapvmm: %v\n", cerr)
+	}
+	*err = errors.Join(*err, cerr)
+}
+
+func runVM(cmd *cobra.Command, o *runOpts) (err error) {
 	log, err := setupLog(o.logLevel)
 	if err != nil {
 		return err
@@ -151,7 +173,9 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 		specs = append(specs, spec)
 	}
 	reg := block.NewRegistry()
-	defer reg.Close()
+	// The drives' last writes reach the disk only here: a failed sync is
+	// the run's failure (status 1), never an exit 0 over an unsynced image.
+	defer func() { joinCloseError(&err, "close drives, their last writes may not be on disk", closeDrives(reg)) }()
 	var disks []block.Node
 	for _, spec := range specs {
 		d, err := reg.OpenDrive(spec, func(w string) { log.Warn(w) })
@@ -194,7 +218,7 @@ func runVM(cmd *cobra.Command, o *runOpts) error {
 		}
 		return err
 	}
-	defer vm.Close()
+	defer func() { joinCloseError(&err, "close the VM", closeVM(vm)) }()
 	if vm.PVM() {
 		log.Warn("this host's /dev/kvm is nested PVM: guest kernel code runs hundreds of times slower than native here")
 	}

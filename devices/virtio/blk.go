@@ -54,7 +54,11 @@ type Block struct {
 	busy    bool
 	stop    bool
 	paused  bool
-	errs    uint64 // bad requests, for rate-limited logging
+	// held is the VM's hold for a live save (Hold): unlike paused, a
+	// reset by the driver does not lift it, so the disk cannot move past
+	// the saved instant while the guest re-initialises the device.
+	held bool
+	errs uint64 // bad requests, for rate-limited logging
 }
 
 // NewBlock makes a virtio-blk device for node; irq pulses its interrupt.
@@ -113,7 +117,8 @@ func (b *Block) Kick(int) {
 }
 
 // Reset implements Device: the request in flight completes on the old
-// queue before clear forgets it.
+// queue before clear forgets it. A held device stays held: the requests of
+// the queue the driver sets up next wait for Release.
 func (b *Block) Reset(clear func()) {
 	b.Drain()
 	b.mu.Lock()
@@ -142,7 +147,8 @@ func (b *Block) Drain() {
 	b.mu.Unlock()
 }
 
-// Resume lets the worker process requests again.
+// Resume lets the worker process requests again, unless the device is
+// held.
 func (b *Block) Resume() {
 	b.mu.Lock()
 	b.paused = false
@@ -150,10 +156,31 @@ func (b *Block) Resume() {
 	b.mu.Unlock()
 }
 
+// Hold drains the device and keeps it drained until Release, across
+// Resume and driver resets: a live save holds its disks at the saved
+// instant while the guest runs. Requests the driver queues meanwhile stay
+// in its ring and are served after Release.
+func (b *Block) Hold() {
+	b.mu.Lock()
+	b.held = true
+	for b.busy {
+		b.cond.Wait()
+	}
+	b.mu.Unlock()
+}
+
+// Release ends Hold; a device also paused (Drain) waits for Resume still.
+func (b *Block) Release() {
+	b.mu.Lock()
+	b.held = false
+	b.cond.Broadcast()
+	b.mu.Unlock()
+}
+
 func (b *Block) worker() {
 	for {
 		b.mu.Lock()
-		for (!b.pending || b.paused) && !b.stop {
+		for (!b.pending || b.paused || b.held) && !b.stop {
 			b.cond.Wait()
 		}
 		if b.stop {
@@ -213,17 +240,17 @@ func (b *Block) process() {
 	}
 }
 
-// stopAsked reports whether Drain (or Close) wants the worker to stop
+// stopAsked reports whether Drain, Hold (or Close) wants the worker to stop
 // between two requests: a driver that polls the used ring refills the
 // queue as fast as it is served, and a drain with vCPUs running would
 // wait forever. What is left in the ring is taken up after Resume.
 func (b *Block) stopAsked() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.paused {
+	if b.paused || b.held {
 		b.pending = true
 	}
-	return b.paused || b.stop
+	return b.paused || b.held || b.stop
 }
 
 // badRequest logs guest mistakes at a bounded rate.

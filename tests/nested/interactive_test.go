@@ -226,12 +226,15 @@ func TestMachineRunBootsAgainAfterCrash(t *testing.T) {
 // again; one that keeps crashing is given up after bootAttempts boots.
 func TestMachineRunSilentAndGivingUp(t *testing.T) {
 	defer func(d time.Duration) { silentLimit = d }(silentLimit)
-	silentLimit = 300 * time.Millisecond
+	// The limit is relative to how long a fake machine takes to show
+	// something on this host now (a fixed 300 ms could pass a loaded
+	// host's shell start-up), and still far below the sleeping one's 60 s.
+	silentLimit = 50 * firstOutput(t, "printf hi")
 	r, _, notes := fakeMachines(t, "exec sleep 60", "printf hi; exit 1")
 	if code, err := r.run(); code != 0 || err != nil {
 		t.Fatalf("status %d %v, want 0", code, err)
 	}
-	if len(*notes) != 1 || !strings.Contains((*notes)[0], "showed nothing for 300ms") {
+	if len(*notes) != 1 || !strings.Contains((*notes)[0], fmt.Sprintf("showed nothing for %v", silentLimit)) {
 		t.Fatalf("notes %q", *notes)
 	}
 	crashes := make([]string, bootAttempts)
@@ -267,4 +270,28 @@ func TestMachineRunNoRebootAfterKeys(t *testing.T) {
 	if out.String() != "got ls" {
 		t.Fatalf("output %q", out.String())
 	}
+}
+
+// firstOutput is how long sh -c script takes to write its first byte: a
+// fake machine's start-up on this host, now.
+func firstOutput(t *testing.T, script string) time.Duration {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", script)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var b [1]byte
+	if _, err := out.Read(b[:]); err != nil {
+		t.Fatalf("sh -c %q: %v", script, err)
+	}
+	took := time.Since(start)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("sh -c %q: %v", script, err)
+	}
+	return took
 }

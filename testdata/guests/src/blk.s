@@ -6,10 +6,15 @@
 # change the disk or RAM and see what the guest sees. With `blk_mode` set
 # (a test sets it before the guest starts) it instead writes sector 16
 # forever, each time with the next value of `wcount` in its first 8 bytes,
-# stored to `wcount` before the request is submitted.
+# stored to `wcount` before the request is submitted. With `blk_mode` 2 it
+# writes the same way but resets and sets up the device again before each
+# write (counted in `rcount`), and gives a request up after TIMEOUT polls
+# of the used ring: it then resets the device and submits the same value
+# again, as a driver that resets on a timeout or at shutdown.
 	.code64
 	.set	MMIO, 0xd0000000
 	.set	SECTOR, 16
+	.set	TIMEOUT, 0x400000
 	.text
 fail:					# fail(msg=%rdi): print and stop
 	call	puts
@@ -27,42 +32,7 @@ user_main:
 	movl	8(%r13), %eax
 	cmp	$2, %eax
 	jne	fail
-	movl	$0, 0x70(%r13)			# reset
-	movl	$3, 0x70(%r13)			# ACKNOWLEDGE | DRIVER
-	movl	$1, 0x14(%r13)			# device features, high word
-	movl	0x10(%r13), %eax
-	lea	nomodern(%rip), %rdi
-	test	$1, %eax			# VIRTIO_F_VERSION_1
-	jz	fail
-	movl	$1, 0x24(%r13)
-	movl	$1, 0x20(%r13)			# driver: VERSION_1
-	movl	$0, 0x24(%r13)
-	movl	$0, 0x20(%r13)
-	movl	$11, 0x70(%r13)			# | FEATURES_OK
-	movl	0x70(%r13), %eax
-	lea	nofeat(%rip), %rdi
-	test	$8, %eax
-	jz	fail
-	movl	$0, 0x30(%r13)			# queue 0
-	movl	0x34(%r13), %eax
-	lea	noqueue(%rip), %rdi
-	cmp	$8, %eax
-	jb	fail
-	movl	$8, 0x38(%r13)
-	lea	desc(%rip), %rax
-	movl	%eax, 0x80(%r13)
-	shr	$32, %rax
-	movl	%eax, 0x84(%r13)
-	lea	avail(%rip), %rax
-	movl	%eax, 0x90(%r13)
-	shr	$32, %rax
-	movl	%eax, 0x94(%r13)
-	lea	used(%rip), %rax
-	movl	%eax, 0xa0(%r13)
-	shr	$32, %rax
-	movl	%eax, 0xa4(%r13)
-	movl	$1, 0x44(%r13)			# queue ready
-	movl	$15, 0x70(%r13)			# | DRIVER_OK
+	call	setup
 
 	lea	pattern(%rip), %rdi		# pattern[i] = i ^ 0x5a
 	xor	%ecx, %ecx
@@ -100,6 +70,8 @@ user_main:
 
 writer:	lea	wrun(%rip), %rdi
 	call	puts
+	cmpq	$2, blk_mode(%rip)
+	je	rwriter
 5:	mov	wcount(%rip), %rax
 	inc	%rax
 	mov	%rax, wcount(%rip)
@@ -112,6 +84,70 @@ writer:	lea	wrun(%rip), %rdi
 	jz	5b
 	lea	wfail(%rip), %rdi
 	jmp	fail
+
+rwriter:
+6:	mov	wcount(%rip), %rax
+	inc	%rax
+	mov	%rax, wcount(%rip)
+	mov	%rax, pattern(%rip)
+7:	call	setup
+	mov	$1, %edi			# VIRTIO_BLK_T_OUT
+	lea	pattern(%rip), %rdx
+	mov	$1, %ecx
+	call	submit
+	test	%eax, %eax
+	jz	6b
+	cmp	$-1, %eax			# timed out: reset, the same value again
+	je	7b
+	lea	wfail(%rip), %rdi
+	jmp	fail
+
+# setup resets the device, clears the rings (a reset device starts at ring
+# position 0) and initialises it with one queue of 8; it counts in rcount.
+setup:
+	incq	rcount(%rip)
+	mov	$MMIO, %r13
+	movl	$0, 0x70(%r13)			# reset
+	lea	desc(%rip), %rdi
+	xor	%eax, %eax
+	mov	$768, %ecx			# desc, avail, used
+	rep stosb
+	movl	$3, 0x70(%r13)			# ACKNOWLEDGE | DRIVER
+	movl	$1, 0x14(%r13)			# device features, high word
+	movl	0x10(%r13), %eax
+	lea	nomodern(%rip), %rdi
+	test	$1, %eax			# VIRTIO_F_VERSION_1
+	jz	fail
+	movl	$1, 0x24(%r13)
+	movl	$1, 0x20(%r13)			# driver: VERSION_1
+	movl	$0, 0x24(%r13)
+	movl	$0, 0x20(%r13)
+	movl	$11, 0x70(%r13)			# | FEATURES_OK
+	movl	0x70(%r13), %eax
+	lea	nofeat(%rip), %rdi
+	test	$8, %eax
+	jz	fail
+	movl	$0, 0x30(%r13)			# queue 0
+	movl	0x34(%r13), %eax
+	lea	noqueue(%rip), %rdi
+	cmp	$8, %eax
+	jb	fail
+	movl	$8, 0x38(%r13)
+	lea	desc(%rip), %rax
+	movl	%eax, 0x80(%r13)
+	shr	$32, %rax
+	movl	%eax, 0x84(%r13)
+	lea	avail(%rip), %rax
+	movl	%eax, 0x90(%r13)
+	shr	$32, %rax
+	movl	%eax, 0x94(%r13)
+	lea	used(%rip), %rax
+	movl	%eax, 0xa0(%r13)
+	shr	$32, %rax
+	movl	%eax, 0xa4(%r13)
+	movl	$1, 0x44(%r13)			# queue ready
+	movl	$15, 0x70(%r13)			# | DRIVER_OK
+	ret
 
 # readback reads the sector into readbuf and compares it with pattern;
 # ZF is set when they match (and the request succeeded).
@@ -134,7 +170,8 @@ readback:
 
 # submit(type=%edi, buffer=%rdx, data flags=%ecx): one request of three
 # descriptors (header, 512-byte buffer, status); polls the used ring and
-# returns the status byte in %eax.
+# returns the status byte in %eax, or -1 where blk_mode 2 gave up after
+# TIMEOUT polls.
 submit:
 	push	%rbx
 	lea	hdr(%rip), %rax
@@ -167,10 +204,18 @@ submit:
 	mov	$MMIO, %rdx
 	movl	$0, 0x50(%rdx)			# notify queue 0
 	lea	used(%rip), %rbx
+	mov	$TIMEOUT, %r9d
 1:	movzwl	2(%rbx), %eax
 	cmp	%r8w, %ax
+	je	2f
+	cmpq	$2, blk_mode(%rip)
 	jne	1b
-	movzbl	status(%rip), %eax
+	dec	%r9d
+	jnz	1b
+	mov	$-1, %eax
+	pop	%rbx
+	ret
+2:	movzbl	status(%rip), %eax
 	pop	%rbx
 	ret
 
@@ -193,6 +238,8 @@ wrun:	.asciz	"blk: writing sector 16 forever\n"
 blk_mode:	.quad	0
 	.global	wcount
 wcount:	.quad	0
+	.global	rcount
+rcount:	.quad	0
 
 	.bss
 	.align	4096
