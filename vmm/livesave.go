@@ -194,10 +194,11 @@ func (s *LiveSave) Release() {
 	s.releaseOnce.Do(s.vm.releaseDisks)
 }
 
-// holdDisks drains the virtio-blk devices and keeps them drained, even
-// while the VM runs, until releaseDisks: no request changes a disk or
-// writes guest RAM meanwhile. The hold is the device's own (Block.Hold),
-// so a guest resetting a device meanwhile does not lift it.
+// holdDisks drains the virtio devices (disks and network cards) and keeps
+// them drained, even while the VM runs, until releaseDisks: no request
+// changes a disk or writes guest RAM meanwhile. The hold is the device's
+// own (Block.Hold, Net.Hold), so a guest resetting a device meanwhile does
+// not lift it.
 func (vm *VM) holdDisks() {
 	for _, b := range vm.blks {
 		b.Hold()

@@ -39,6 +39,8 @@ func DefaultMAC() ([6]byte, error) {
 type virtioDevice interface {
 	Drain()
 	Resume()
+	Hold()
+	Release()
 	Close()
 }
 

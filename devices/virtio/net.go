@@ -36,6 +36,7 @@ type Net struct {
 	txBusy    bool
 	rxBusy    bool
 	paused    bool // Drain: nothing touches guest RAM until Resume
+	held      bool // Hold: as paused, but until Release, across Resume and resets
 	stop      bool
 	offloads  uint64         // guest offloads last given to the backend
 	offSet    bool           // offloads holds what the backend has
@@ -163,6 +164,33 @@ func (n *Net) Resume() {
 	n.cond.Broadcast()
 	n.mu.Unlock()
 }
+
+// Hold drains the device and keeps it drained until Release, across
+// Resume and driver resets: a live save holds its cards at the saved
+// instant while the guest runs, and a guest that resets its card then
+// must not get frames written into RAM being saved. Frames for the guest
+// are dropped meanwhile; those it sends wait in its ring.
+func (n *Net) Hold() {
+	n.mu.Lock()
+	n.held = true
+	n.cond.Broadcast()
+	for n.txBusy || n.rxBusy {
+		n.cond.Wait()
+	}
+	n.mu.Unlock()
+}
+
+// Release ends Hold; a card also paused (Drain) waits for Resume still.
+func (n *Net) Release() {
+	n.mu.Lock()
+	n.held = false
+	n.txPending = true
+	n.cond.Broadcast()
+	n.mu.Unlock()
+}
+
+// quiet reports (under mu) that neither queue may be served now.
+func (n *Net) quiet() bool { return n.paused || n.held }
 
 // Close stops the workers and closes the backend.
 func (n *Net) Close() {

@@ -54,7 +54,7 @@ func (n *Net) deliver(frame []byte) {
 		if n.stop {
 			return
 		}
-		if n.paused || !n.linkUp {
+		if n.quiet() || !n.linkUp {
 			n.dropped++
 			return
 		}
@@ -67,7 +67,7 @@ func (n *Net) deliver(frame []byte) {
 		if err != errNoRoom {
 			return
 		}
-		for !n.rxKick && !n.paused && !n.stop {
+		for !n.rxKick && !n.quiet() && !n.stop {
 			n.cond.Wait()
 		}
 	}

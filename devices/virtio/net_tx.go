@@ -6,7 +6,7 @@ func (n *Net) txWorker() {
 	defer n.wg.Done()
 	for {
 		n.mu.Lock()
-		for (!n.txPending || n.paused) && !n.stop {
+		for (!n.txPending || n.quiet()) && !n.stop {
 			n.cond.Wait()
 		}
 		if n.stop {
@@ -28,10 +28,10 @@ func (n *Net) txWorker() {
 func (n *Net) txStopAsked() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.paused {
+	if n.quiet() {
 		n.txPending = true
 	}
-	return n.paused || n.stop
+	return n.quiet() || n.stop
 }
 
 // transmit sends every frame of the TX queue to the backend.
