@@ -2,12 +2,14 @@ package oci
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"strings"
 	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
@@ -25,6 +27,21 @@ type Options struct {
 	Progress func(Progress)
 	// Force lets a pull replace an existing image file.
 	Force bool
+	// Insecure talks plain HTTP to the registry (the library already
+	// does for localhost and 127.0.0.1).
+	Insecure bool
+}
+
+func (o Options) parseRef(ref string) (name.Reference, error) {
+	var opts []name.Option
+	if o.Insecure {
+		opts = append(opts, name.Insecure)
+	}
+	r, err := name.ParseReference(ref, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("bad reference %q: %w", ref, err)
+	}
+	return r, nil
 }
 
 // Progress counts the blobs a push or pull moves (cached or already

@@ -34,12 +34,22 @@ type PullResult struct {
 	Bytes   uint64
 }
 
-// Resolve fetches ref's manifest and config (from the cache when it
-// has it) and checks that they describe a template.
-func Resolve(ctx context.Context, ref string, c *Cache, o Options) (*TemplateConfig, *manifest, name.Reference, error) {
-	r, err := name.ParseReference(ref)
+// Inspect fetches ref's manifest and config (the config through the
+// cache) without pulling the chunks: what a template needs of a host.
+func Inspect(ctx context.Context, ref string, c *Cache, o Options) (*TemplateConfig, map[string]string, error) {
+	cfg, m, _, err := resolve(ctx, ref, c, o)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("bad reference %q: %w", ref, err)
+		return nil, nil, err
+	}
+	return cfg, m.Annotations, nil
+}
+
+// resolve fetches ref's manifest and config (from the cache when it
+// has it) and checks that they describe a template.
+func resolve(ctx context.Context, ref string, c *Cache, o Options) (*TemplateConfig, *manifest, name.Reference, error) {
+	r, err := o.parseRef(ref)
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	opts := o.remoteOptions(ctx)
 	desc, err := remote.Get(r, opts...)
@@ -141,7 +151,7 @@ func fetchBlob(repo name.Repository, digest string, size uint64, c *Cache, opts 
 // it under the names the chain records. Every file appears by rename,
 // whole; a backing file already there with the same content is reused.
 func Pull(ctx context.Context, ref, image string, c *Cache, o Options) (*PullResult, error) {
-	cfg, m, r, err := Resolve(ctx, ref, c, o)
+	cfg, m, r, err := resolve(ctx, ref, c, o)
 	if err != nil {
 		return nil, err
 	}

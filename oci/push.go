@@ -217,9 +217,9 @@ type PushResult struct {
 // Push sends the image (and its backing chain) with snapshot tag (""
 // when the image has just one snapshot with VM state) to ref.
 func Push(ctx context.Context, image, tag, ref string, o Options) (*PushResult, error) {
-	r, err := name.ParseReference(ref)
+	r, err := o.parseRef(ref)
 	if err != nil {
-		return nil, fmt.Errorf("bad reference %q: %w", ref, err)
+		return nil, err
 	}
 	cs := o.ChunkSize
 	if cs == 0 {
