@@ -118,8 +118,11 @@ func registryError(ref string, err error) error {
 				return fmt.Errorf("%s: the registry refused access (%s); log in with docker login or set %s", ref, d.Code, AuthEnv)
 			}
 		}
-		if te.StatusCode == http.StatusNotFound {
+		switch te.StatusCode {
+		case http.StatusNotFound:
 			return fmt.Errorf("%s: %w", ref, ErrUnknownRef)
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return fmt.Errorf("%s: the registry refused access (%d); log in with docker login or set %s", ref, te.StatusCode, AuthEnv)
 		}
 	}
 	return fmt.Errorf("%s: %s", ref, strings.ReplaceAll(err.Error(), "\n", "; "))

@@ -277,7 +277,7 @@ func upload(ctx context.Context, r name.Reference, cfg *TemplateConfig, srcs []s
 		}
 		l := static.NewLayer(b, ChunkMediaType)
 		if err := remote.WriteLayer(r.Context(), l, append(opts, remote.WithContext(ctx))...); err != nil {
-			return fmt.Errorf("push blob %s to %s: %w", j.ch.Digest, r.Context(), err)
+			return fmt.Errorf("push blob %s: %w", j.ch.Digest, registryError(r.Context().String(), err))
 		}
 		prog.add(j.ch.Length)
 		return nil
@@ -291,7 +291,7 @@ func upload(ctx context.Context, r name.Reference, cfg *TemplateConfig, srcs []s
 	}
 	cl := static.NewLayer(cb, ConfigMediaType)
 	if err := remote.WriteLayer(r.Context(), cl, opts...); err != nil {
-		return nil, fmt.Errorf("push config to %s: %w", r.Context(), err)
+		return nil, fmt.Errorf("push config: %w", registryError(r.Context().String(), err))
 	}
 	cd, _ := cl.Digest()
 	m := manifest{
@@ -312,7 +312,7 @@ func upload(ctx context.Context, r name.Reference, cfg *TemplateConfig, srcs []s
 		return nil, fmt.Errorf("push: encode manifest: %w", err)
 	}
 	if err := remote.Put(r, rawManifest(mb), opts...); err != nil {
-		return nil, fmt.Errorf("push manifest to %s: %w", r, err)
+		return nil, fmt.Errorf("push manifest: %w", registryError(r.String(), err))
 	}
 	sum := sha256.Sum256(mb)
 	res.Digest = "sha256:" + hex.EncodeToString(sum[:])
