@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 
@@ -28,6 +29,9 @@ type testRegistry struct {
 	blobGets  atomic.Int64
 	uploads   atomic.Int64
 	manifests atomic.Int64
+	inflight  atomic.Int64 // blob GETs being served
+	maxFlight atomic.Int64
+	gate      atomic.Bool // hold the second blob GET (the first layer's after the config's) until another one arrives
 
 	mu       sync.Mutex
 	cutAt    int64  // cut the connection in the middle of this blob GET (1-based)
@@ -63,6 +67,17 @@ func startRegistry(t *testing.T) *testRegistry {
 			return
 		}
 		n := tr.blobGets.Add(1)
+		f := tr.inflight.Add(1)
+		defer tr.inflight.Add(-1)
+		for m := tr.maxFlight.Load(); f > m && !tr.maxFlight.CompareAndSwap(m, f); m = tr.maxFlight.Load() {
+		}
+		if n == 2 && tr.gate.CompareAndSwap(true, false) {
+			// A sequential client never sends a second GET while this
+			// one waits: give up after a bound and let the test fail.
+			for i := 0; i < 500 && tr.inflight.Load() < 2; i++ {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
 		rec := httptest.NewRecorder()
 		inner.ServeHTTP(rec, r)
 		body := rec.Body.Bytes()

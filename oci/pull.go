@@ -166,8 +166,14 @@ func Pull(ctx context.Context, ref, image string, c *Cache, o Options) (*PullRes
 	}
 	var missing []descriptor
 	seen := map[string]bool{}
+	used := map[string]bool{}
+	for _, f := range cfg.Files {
+		for _, ch := range f.Chunks {
+			used[ch.Digest] = true
+		}
+	}
 	for _, l := range m.Layers {
-		if !seen[l.Digest] && !c.Has(l.Digest) && needed(cfg, l.Digest) {
+		if !seen[l.Digest] && used[l.Digest] && !c.Has(l.Digest) {
 			missing = append(missing, l)
 			res.Bytes += uint64(l.Size)
 		}
@@ -225,17 +231,6 @@ func Pull(ctx context.Context, ref, image string, c *Cache, o Options) (*PullRes
 	}
 	res.Files = dests
 	return res, nil
-}
-
-func needed(cfg *TemplateConfig, d string) bool {
-	for _, f := range cfg.Files {
-		for _, ch := range f.Chunks {
-			if ch.Digest == d {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // writeFile assembles f from cached blobs (each checked again) into a

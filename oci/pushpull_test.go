@@ -94,9 +94,13 @@ func TestPushPullRoundTrip(t *testing.T) {
 	c := &Cache{Dir: t.TempDir()}
 	dst := t.TempDir()
 	reg.resetCounts()
+	reg.gate.Store(true)
 	res, err := Pull(ctx, reg.ref("tpl/one:v1"), filepath.Join(dst, "p.qcow2"), c, Options{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if m := reg.maxFlight.Load(); m < 2 {
+		t.Fatalf("pull fetched at most %d blob at once", m)
 	}
 	if res.Fetched != pr.Blobs || reg.blobGets.Load() != int64(pr.Blobs+1) {
 		t.Fatalf("first pull fetched %d blobs in %d GETs, want %d layers + config", res.Fetched, reg.blobGets.Load(), pr.Blobs)
