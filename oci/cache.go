@@ -107,6 +107,10 @@ func (c *Cache) Store(digest string, size uint64, r io.Reader) (rerr error) {
 	if got != digest || uint64(n) != size {
 		return fmt.Errorf("blob %s is corrupt (%d bytes with digest %s, expected %d): %w", digest, n, got, size, ErrDigest)
 	}
+	// Shared by every user's pulls on the host; CreateTemp made it 0600.
+	if err := f.Chmod(0o644); err != nil {
+		return fmt.Errorf("template cache: blob %s: %w", digest, err)
+	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("template cache: sync blob %s: %w", digest, err)
 	}

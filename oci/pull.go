@@ -63,6 +63,7 @@ func resolve(ctx context.Context, ref string, c *Cache, o Options) (*TemplateCon
 	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
 		return nil, nil, nil, fmt.Errorf("%s: bad manifest: %v", ref, err)
 	}
+	m.digest = desc.Digest.String()
 	if m.ArtifactType != ArtifactType || m.Config.MediaType != ConfigMediaType {
 		t := m.ArtifactType
 		if t == "" {
@@ -158,7 +159,7 @@ func Pull(ctx context.Context, ref, image string, c *Cache, o Options) (*PullRes
 	if err != nil {
 		return nil, err
 	}
-	res := &PullResult{Digest: "", Config: *cfg}
+	res := &PullResult{Digest: m.digest, Config: *cfg}
 	if !o.Force {
 		if _, err := os.Lstat(image); err == nil {
 			return nil, fmt.Errorf("%s exists (--force replaces it)", image)
@@ -197,6 +198,13 @@ func Pull(ctx context.Context, ref, image string, c *Cache, o Options) (*PullRes
 	dests[0] = image
 	for i := 1; i < len(dests); i++ {
 		dests[i] = filepath.Join(filepath.Dir(dests[i-1]), filepath.FromSlash(cfg.Files[i].Name))
+	}
+	for i := range dests {
+		for j := range i {
+			if filepath.Clean(dests[i]) == filepath.Clean(dests[j]) {
+				return nil, fmt.Errorf("pull %s: %s would be both the image and its backing file %s", ref, dests[j], cfg.Files[i].Name)
+			}
+		}
 	}
 	var created []string
 	fail := func(err error) (*PullResult, error) {

@@ -199,6 +199,7 @@ type manifest struct {
 	Config        descriptor        `json:"config"`
 	Layers        []descriptor      `json:"layers"`
 	Annotations   map[string]string `json:"annotations,omitempty"`
+	digest        string            // as the registry served it
 }
 
 type rawManifest []byte

@@ -102,6 +102,9 @@ func TestPushPullRoundTrip(t *testing.T) {
 	if m := reg.maxFlight.Load(); m < 2 {
 		t.Fatalf("pull fetched at most %d blob at once", m)
 	}
+	if res.Digest != d.Digest.String() {
+		t.Fatalf("pull says manifest %s, registry %s", res.Digest, d.Digest)
+	}
 	if res.Fetched != pr.Blobs || reg.blobGets.Load() != int64(pr.Blobs+1) {
 		t.Fatalf("first pull fetched %d blobs in %d GETs, want %d layers + config", res.Fetched, reg.blobGets.Load(), pr.Blobs)
 	}
@@ -164,6 +167,12 @@ func TestSharedBaseSharesBlobs(t *testing.T) {
 
 	c := &Cache{Dir: t.TempDir()}
 	dst := t.TempDir()
+	if _, err := Pull(ctx, reg.ref("tpl/a:v1"), filepath.Join(dst, "base.qcow2"), c, Options{}); err == nil || !strings.Contains(err.Error(), "both the image and its backing file") {
+		t.Fatalf("pull over its own backing file name: %v", err)
+	}
+	if ents, _ := os.ReadDir(dst); len(ents) != 0 {
+		t.Fatalf("a refused pull left %d files", len(ents))
+	}
 	r1, err := Pull(ctx, reg.ref("tpl/a:v1"), filepath.Join(dst, "a.qcow2"), c, Options{})
 	if err != nil {
 		t.Fatal(err)
