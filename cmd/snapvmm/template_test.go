@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"io"
 	"log"
 	"net"
@@ -25,6 +26,11 @@ import (
 func templateImage(t *testing.T, p, tag string) {
 	t.Helper()
 	st, err := os.ReadFile("../../snapshot/testdata/format1.snap")
+	if errors.Is(err, os.ErrNotExist) && os.Getenv("SNAPVMM_REQUIRE_KVM") == "1" {
+		// The nested machine carries this package's files only; the
+		// test needs no KVM and ran on the host.
+		t.Skipf("skipping in the nested machine: %v", err)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,9 +58,8 @@ func templateImage(t *testing.T, p, tag string) {
 }
 
 func TestTemplatePushPullCLI(t *testing.T) {
-	// The nested machine (make test runs this package there for its KVM
-	// tests) has no loopback interface up; this test needs no KVM and runs
-	// on the host.
+	// A sandbox without a loopback network cannot serve the registry
+	// (httptest.NewServer would panic); the test needs no KVM.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Skipf("skipping: no loopback network here (%v)", err)
