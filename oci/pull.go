@@ -192,6 +192,9 @@ func Pull(ctx context.Context, ref, image string, c *Cache, o Options) (*PullRes
 		return nil
 	})
 	if err != nil {
+		if ctx.Err() != nil { // canceled: say so, not what the cut request said
+			return nil, fmt.Errorf("pull %s: %w", ref, ctx.Err())
+		}
 		return nil, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	dests := make([]string, len(cfg.Files))

@@ -419,3 +419,45 @@ func freeSomeClusters(t *testing.T, img string) {
 		t.Fatal(err)
 	}
 }
+
+// TestCanceledPull: a pull canceled (Ctrl-C) after its first layer leaves
+// no image and nothing in the cache's tmp/; the next pull fetches only
+// the layers that had not arrived.
+func TestCanceledPull(t *testing.T) {
+	reg := startRegistry(t)
+	img := makeImage(t, t.TempDir(), "t.qcow2", "", 13, "warm")
+	pr, err := Push(context.Background(), img, "warm", reg.ref("tpl/x:v1"), testOpts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Cache{Dir: t.TempDir()}
+	dst := t.TempDir()
+	out := filepath.Join(dst, "p.qcow2")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	o := Options{Jobs: 2, Progress: func(p Progress) {
+		if p.Blobs == 1 {
+			cancel()
+		}
+	}}
+	if _, err := Pull(ctx, reg.ref("tpl/x:v1"), out, c, o); !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled pull: %v", err)
+	}
+	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s exists after a canceled pull", out)
+	}
+	noLeftovers(t, dst)
+	have := cachedBlobs(t, c) - 1 // the config
+	if have < 1 || have >= pr.Blobs {
+		t.Fatalf("%d of %d layers cached after the cancel", have, pr.Blobs)
+	}
+	reg.resetCounts()
+	res, err := Pull(context.Background(), reg.ref("tpl/x:v1"), out, c, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Fetched != pr.Blobs-have || reg.blobGets.Load() != int64(pr.Blobs-have) {
+		t.Fatalf("after the cancel: fetched %d (%d GETs), want %d", res.Fetched, reg.blobGets.Load(), pr.Blobs-have)
+	}
+	sameGuest(t, img, out, "warm")
+}
