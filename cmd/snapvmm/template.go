@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/snapvmm/snapvmm/block"
 	"github.com/snapvmm/snapvmm/oci"
@@ -143,17 +144,26 @@ func (o *templateOpts) options(c *cobra.Command) (oci.Options, error) {
 	return opts, nil
 }
 
-// progressPrinter rewrites one line on a terminal; elsewhere it stays
-// silent (the summary line says what moved).
+// progressPrinter rewrites one line on a terminal; elsewhere (a CI log)
+// it prints a line at most every 5 seconds, so a long transfer shows it
+// is alive without flooding the log.
 func progressPrinter(w io.Writer) func(oci.Progress) {
 	f, ok := w.(*os.File)
-	if !ok || !term.IsTerminal(int(f.Fd())) {
-		return nil
-	}
+	tty := ok && term.IsTerminal(int(f.Fd()))
+	var last time.Time
 	return func(p oci.Progress) {
-		fmt.Fprintf(w, "\r%d/%d chunks, %s/%s ", p.Blobs, p.TotalBlobs, block.SizeToStr(p.Bytes), block.SizeToStr(p.TotalBytes))
-		if p.Blobs == p.TotalBlobs {
-			fmt.Fprintln(w)
+		line := fmt.Sprintf("%d/%d chunks, %s/%s", p.Blobs, p.TotalBlobs, block.SizeToStr(p.Bytes), block.SizeToStr(p.TotalBytes))
+		switch {
+		case tty:
+			fmt.Fprintf(w, "\r%s ", line)
+			if p.Blobs == p.TotalBlobs {
+				fmt.Fprintln(w)
+			}
+		case p.Blobs > 0 && p.Blobs < p.TotalBlobs && time.Since(last) >= 5*time.Second:
+			if !last.IsZero() {
+				fmt.Fprintln(w, line)
+			}
+			last = time.Now()
 		}
 	}
 }
