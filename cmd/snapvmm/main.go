@@ -42,7 +42,7 @@ Examples:
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newImgCmd(), newSnapshotCmd(), newQMPCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(), newImgCmd(), newSnapshotCmd(), newQMPCmd(), newTemplateCmd(), newVersionCmd())
 	return root
 }
 
