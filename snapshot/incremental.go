@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,10 +14,11 @@ import (
 // change take the base's index entry. The new stream is nonetheless
 // complete and byte for byte the one a full save would write; how it is
 // stored is the target's business. Save falls back to a full save, saying
-// why in Result, where the base does not fit (another format, RAM size or
+// why in Result, where there is no base (Base nil: the save is full but
+// still fills Prints) or it does not fit (another format, RAM size or
 // layout, or the sections moved ram_base).
 type Incremental struct {
-	// Base reads the base stream of BaseSize bytes.
+	// Base reads the base stream of BaseSize bytes; nil: no base.
 	Base     io.ReaderAt
 	BaseSize uint64
 	// Dirty has bit p%64 of word p/64 set when page p of RAM (in RAM()
@@ -30,6 +32,16 @@ type Incremental struct {
 	// Share makes [off, off+n) of the new stream the base's bytes there;
 	// off is a multiple of the write granule.
 	Share func(off, n uint64) error
+	// BasePrints, when set, are prints of the base's pages (prints.go): a
+	// page reported in Dirty whose print is the base's is not read from
+	// the base to be compared. Pages it does not know are compared with
+	// the base's bytes.
+	BasePrints *PagePrints
+	// Prints, when set (one print per page of RAM), receives the prints of
+	// the new stream's pages, as far as Save knows them: those it looked
+	// at, and the base's for the pages it shared unread. The BasePrints
+	// of the next save once this stream is its base.
+	Prints *PagePrints
 	// Result is filled by Save.
 	Result IncrementalResult
 }
@@ -47,6 +59,17 @@ type incSave struct {
 	in   *Incremental
 	base *ramSource
 	mu   sync.Mutex // guards in.Result during the save
+	// prints and basePrints are in.Prints and in.BasePrints where they
+	// cover RAM, else nil.
+	prints, basePrints *PagePrints
+}
+
+// printsFor is in.Prints where it covers pages pages of RAM, else nil.
+func (in *Incremental) printsFor(pages uint64) *PagePrints {
+	if in == nil || in.Prints == nil || in.Prints.Pages() != pages {
+		return nil
+	}
+	return in.Prints
 }
 
 // matchBase checks that the base stream has this plan's RAM layout.
@@ -84,7 +107,11 @@ func (p *plan) matchBase(in *Incremental) (*incSave, error) {
 	if pages := uint64(len(p.ram)) / PageSize; uint64(len(in.Dirty))*64 < pages {
 		return nil, fmt.Errorf("dirty bitmap covers %d pages of %d", len(in.Dirty)*64, pages)
 	}
-	return &incSave{in: in, base: src}, nil
+	s := &incSave{in: in, base: src, prints: in.printsFor(uint64(len(p.ram)) / PageSize)}
+	if bp := in.BasePrints; bp != nil && bp.Pages() == uint64(len(p.ram))/PageSize {
+		s.basePrints = bp
+	}
+	return s, nil
 }
 
 // dirty reports whether any of n pages from page p changed.
@@ -108,22 +135,30 @@ func (s *incSave) dirty(p, n uint64) bool {
 	return false
 }
 
-// saveChunk writes RAM chunk i of p, whose bytes are c: an unchanged chunk is shared whole
-// and keeps the base's index entry; in a changed one, unchanged granules
-// are shared, changed ones written unless all zeros, and the chunk's CRC
-// computed from RAM.
+// saveChunk writes RAM chunk i of p, whose bytes are c: an unchanged
+// chunk is shared whole and keeps the base's index entry. In a chunk with
+// pages reported dirty, each reported granule is compared with the base:
+// by the pages' prints where the base's are known, else with the base's
+// bytes. One that equals the base is shared like an unreported one, so a
+// page reported without a change (the dirty log over-reports:
+// docs/incremental-snapshots.md) costs a hash or a read, never a write.
+// Changed granules are written unless all zeros; the chunk's CRC comes
+// from the base's and the changed granules alone (their base bytes read).
 func (s *incSave) saveChunk(p *plan, i int, c []byte, g uint64, w io.WriterAt, index []ramIndexEntry) (written, shared uint64, err error) {
 	base := p.ramBase + uint64(i)*ChunkSize
 	first := uint64(i) * ChunkSize / PageSize
 	if !s.dirty(first, uint64(len(c))/PageSize) {
+		if s.prints != nil {
+			s.prints.copyFrom(s.basePrints, first, (uint64(len(c))+PageSize-1)/PageSize)
+		}
 		index[i] = s.base.index[i]
 		if err := s.in.Share(base, uint64(len(c))); err != nil {
 			return 0, 0, fmt.Errorf("share RAM chunk %d with the base: %w", i, err)
 		}
 		return 0, uint64(len(c)), nil
 	}
-	// Runs of clean granules are shared in one call each.
-	run := uint64(0) // clean bytes before off not shared yet
+	// Runs of unchanged granules are shared in one call each.
+	run := uint64(0) // unchanged bytes before off not shared yet
 	flush := func(off uint64) error {
 		if run == 0 {
 			return nil
@@ -134,19 +169,41 @@ func (s *incSave) saveChunk(p *plan, i int, c []byte, g uint64, w io.WriterAt, i
 		shared, run = shared+run, 0
 		return nil
 	}
-	// Clean pages keep the base's bits, dirty ones are looked at.
+	old := make([]byte, g)
+	changed := false
+	var crc uint32 // the raw CRC of (base ^ c) over the chunk
+	// Unchanged pages keep the base's bits, changed ones are looked at.
 	pages := make(PageMap, pageMapWords(ChunkSize))
 	for off := uint64(0); off < uint64(len(c)); off += g {
 		gr := c[off:min(off+g, uint64(len(c)))]
-		if !s.dirty(first+off/PageSize, (uint64(len(gr))+PageSize-1)/PageSize) {
+		gp, gn := first+off/PageSize, (uint64(len(gr))+PageSize-1)/PageSize
+		same := !s.dirty(gp, gn)
+		o, read := old[:len(gr)], false
+		switch {
+		case same && s.prints != nil:
+			s.prints.copyFrom(s.basePrints, gp, gn)
+		case !same && s.prints != nil:
+			s.prints.fill(gp, gr)
+			same = s.prints.matches(s.basePrints, gp, gn)
+		}
+		if !same && (s.prints == nil || !s.prints.allKnown(s.basePrints, gp, gn)) {
+			// No print of the base to go by: compare the bytes.
+			if err := s.readBase(i, off, o); err != nil {
+				return 0, 0, err
+			}
+			same, read = bytes.Equal(o, gr), true
+		}
+		if same {
 			for k := off / PageSize; k*PageSize < off+uint64(len(gr)); k++ {
 				if s.base.index[i].pages.Stored(int(k)) {
 					pages.set(int(k))
 				}
 			}
+			crc = shiftFor(uint64(len(gr))).apply(crc)
 			run += uint64(len(gr))
 			continue
 		}
+		changed = true
 		if err := flush(off); err != nil {
 			return 0, 0, err
 		}
@@ -157,6 +214,15 @@ func (s *incSave) saveChunk(p *plan, i int, c []byte, g uint64, w io.WriterAt, i
 				stored = true
 			}
 		}
+		if !read {
+			if err := s.readBase(i, off, o); err != nil {
+				return 0, 0, err
+			}
+		}
+		for k := range o {
+			o[k] ^= gr[k]
+		}
+		crc = rawCRC(crc, o)
 		if !stored {
 			continue // reads as zeros: Prepare left the new area empty
 		}
@@ -168,12 +234,33 @@ func (s *incSave) saveChunk(p *plan, i int, c []byte, g uint64, w io.WriterAt, i
 	if err := flush(uint64(len(c))); err != nil {
 		return 0, 0, err
 	}
-	crc, err := s.chunkCRC(i, c, g)
-	if err != nil {
-		return 0, 0, err
+	if !changed {
+		index[i] = s.base.index[i]
+		return 0, shared, nil
 	}
-	index[i] = ramIndexEntry{crc: crc, pages: pages}
+	index[i] = ramIndexEntry{crc: s.base.index[i].crc ^ crc, pages: pages}
 	return written, shared, nil
+}
+
+// readBase reads the base's bytes of RAM chunk i from offset off into b;
+// a granule with no page stored in the base reads as zeros unread.
+func (s *incSave) readBase(i int, off uint64, b []byte) error {
+	stored := false
+	for k := off / PageSize; k*PageSize < off+uint64(len(b)); k++ {
+		if s.base.index[i].pages.Stored(int(k)) {
+			stored = true
+			break
+		}
+	}
+	if !stored {
+		clear(b)
+		return nil
+	}
+	at := s.base.base + uint64(i)*ChunkSize + off
+	if _, err := s.in.Base.ReadAt(b, int64(at)); err != nil {
+		return fmt.Errorf("read the base's RAM at stream offset %d: %w", at, err)
+	}
+	return nil
 }
 
 // incremental decides between an incremental and a full save and returns
@@ -184,6 +271,10 @@ func (p *plan) incremental(opts SaveOptions) (*incSave, func(uint64) error) {
 		return nil, opts.Prepare
 	}
 	in.Result = IncrementalResult{}
+	if in.Base == nil {
+		in.Result.Reason = "no base"
+		return nil, opts.Prepare
+	}
 	s, err := p.matchBase(in)
 	if err != nil {
 		in.Result.Reason = err.Error()

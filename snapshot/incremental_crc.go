@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"fmt"
 	"hash/crc32"
 	"sync"
 )
@@ -11,7 +10,8 @@ import (
 // post-inversion). old^new is zero outside the dirty granules, and running
 // the register over g zero bytes is a linear map of its 32 bits, so an
 // incremental save gets a changed chunk's CRC from the base's CRC and the
-// dirty granules alone, instead of reading all of the chunk.
+// changed granules alone (incremental.go), instead of reading all of the
+// chunk.
 
 // rawCRC runs the bare CRC32C register r over p.
 func rawCRC(r uint32, p []byte) uint32 { return ^crc32.Update(^r, castagnoli, p) }
@@ -48,30 +48,4 @@ func shiftFor(n uint64) *zeroShift {
 	z := newZeroShift(n)
 	zeroShifts.Store(n, z)
 	return z
-}
-
-// chunkCRC is the CRC32C of changed chunk i, whose bytes are c, from the
-// base's: the dirty granules are read from the base stream and only they
-// are checksummed.
-func (s *incSave) chunkCRC(i int, c []byte, g uint64) (uint32, error) {
-	first := uint64(i) * ChunkSize / PageSize
-	old := make([]byte, g)
-	var r uint32
-	for off := uint64(0); off < uint64(len(c)); off += g {
-		gr := c[off:min(off+g, uint64(len(c)))]
-		if !s.dirty(first+off/PageSize, (uint64(len(gr))+PageSize-1)/PageSize) {
-			r = shiftFor(uint64(len(gr))).apply(r)
-			continue
-		}
-		o := old[:len(gr)]
-		at := s.base.base + uint64(i)*ChunkSize + off
-		if _, err := s.in.Base.ReadAt(o, int64(at)); err != nil {
-			return 0, fmt.Errorf("read the base's RAM at stream offset %d: %w", at, err)
-		}
-		for k := range o {
-			o[k] ^= gr[k]
-		}
-		r = rawCRC(r, o)
-	}
-	return s.base.index[i].crc ^ r, nil
 }

@@ -276,6 +276,10 @@ func (p *plan) write(w io.WriterAt, opts SaveOptions) (uint64, error) {
 		return 0, fmt.Errorf("save VM state: write granule %d is not a power of two from %d to %d", g, PageSize, ChunkSize)
 	}
 	inc, prepare := p.incremental(opts)
+	var prints *PagePrints // a full save's prints, where asked for
+	if inc == nil {
+		prints = opts.Incremental.printsFor(uint64(len(p.ram)) / PageSize)
+	}
 	if prepare != nil {
 		if err := prepare(p.size()); err != nil {
 			return 0, fmt.Errorf("save VM state: prepare the target for %d bytes: %w", p.size(), err)
@@ -317,6 +321,9 @@ func (p *plan) write(w io.WriterAt, opts SaveOptions) (uint64, error) {
 			}
 		}
 		index[i] = ramIndexEntry{crc: ChunkCRC(c, pages), pages: pages}
+		if prints != nil {
+			prints.fill(uint64(i)*ChunkSize/PageSize, c)
+		}
 		report(uint64(len(c)))
 		return nil
 	})

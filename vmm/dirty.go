@@ -32,6 +32,10 @@ type dirtyRAM struct {
 	saved   []uint64
 	savedTo block.VMStateArea
 	last    snapshot.IncrementalResult
+	// prints are the base's page prints (nil: none known, as after a
+	// load), pending those the save in flight fills, savedPrints those of
+	// the saved state waiting for RAMSavedAs (docs/incremental-snapshots.md).
+	prints, pending, savedPrints *snapshot.PagePrints
 }
 
 // ramBase is the snapshot guest RAM was last equal to.
@@ -144,6 +148,7 @@ func (vm *VM) RAMLoadedFrom(node block.Snapshotter, id string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.base, d.saved, d.savedTo = nil, nil, nil
+	d.prints, d.savedPrints = nil, nil
 	clear(d.bits)
 	if d.logged {
 		d.base = baseOf(node, id)
@@ -158,10 +163,11 @@ func (vm *VM) RAMSavedAs(node block.Snapshotter, id string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.savedTo == nil || block.Snapshotter(d.savedTo) != node {
-		d.base = nil
+		d.base, d.prints = nil, nil
 		return
 	}
 	d.base, d.saved, d.savedTo = baseOf(node, id), nil, nil
+	d.prints, d.savedPrints = d.savedPrints, nil
 }
 
 // baseOf is snapshot id of node as a RAM base, or nil.
@@ -184,6 +190,7 @@ func (vm *VM) dropRAMBase() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.base, d.saved, d.savedTo = nil, nil, nil
+	d.prints, d.savedPrints = nil, nil
 }
 
 // LastSave says whether the last save to a vmstate area was incremental,
@@ -198,7 +205,8 @@ func (vm *VM) LastSave() snapshot.IncrementalResult {
 // beginSave marks the save point: it takes the pages changed since the
 // base (those of a saved state that never became a snapshot included) and
 // starts counting afresh. It returns them and how the save to area can
-// share with the base, or why it cannot.
+// share with the base, or why it cannot (inc then has no base, and only
+// collects the new stream's page prints).
 func (vm *VM) beginSave(area block.VMStateArea) (taken []uint64, inc *snapshot.Incremental, why string) {
 	d := &vm.dirty
 	d.mu.Lock()
@@ -213,24 +221,28 @@ func (vm *VM) beginSave(area block.VMStateArea) (taken []uint64, inc *snapshot.I
 	taken = append([]uint64(nil), d.bits...)
 	orBits(taken, 0, d.saved, uint64(len(d.saved))*64)
 	clear(d.bits)
-	d.saved, d.savedTo = nil, nil
+	d.saved, d.savedTo, d.savedPrints = nil, nil, nil
+	d.pending = snapshot.NewPagePrints(vm.mem.Size() / snapshot.PageSize)
+	full := &snapshot.Incremental{Prints: d.pending}
 	b := d.base
 	switch {
 	case b == nil:
-		return taken, nil, "no base snapshot since the VM started, was reset or loaded from elsewhere"
+		return taken, full, "no base snapshot since the VM started, was reset or loaded from elsewhere"
 	case block.VMStateArea(b.node) != area:
-		return taken, nil, "the base snapshot is on another node"
+		return taken, full, "the base snapshot is on another node"
 	}
 	if cur, ok := b.node.VMStateRef(b.ref.ID); !ok || cur != b.ref {
-		d.base = nil
-		return taken, nil, fmt.Sprintf("base snapshot %q was deleted, replaced or changed by another process", b.ref.ID)
+		d.base, d.prints = nil, nil
+		return taken, full, fmt.Sprintf("base snapshot %q was deleted, replaced or changed by another process", b.ref.ID)
 	}
 	return taken, &snapshot.Incremental{
-		Base:     &snapshotReader{s: b.node, id: b.ref.ID, size: b.ref.VMStateSize},
-		BaseSize: b.ref.VMStateSize,
-		Dirty:    taken,
-		Prepare:  func(uint64) error { return area.BeginVMState(0) },
-		Share:    func(off, n uint64) error { return b.node.ShareVMState(b.ref, off, n) },
+		Base:       &snapshotReader{s: b.node, id: b.ref.ID, size: b.ref.VMStateSize},
+		BaseSize:   b.ref.VMStateSize,
+		Dirty:      taken,
+		Prepare:    func(uint64) error { return area.BeginVMState(0) },
+		Share:      func(off, n uint64) error { return b.node.ShareVMState(b.ref, off, n) },
+		BasePrints: d.prints,
+		Prints:     d.pending,
 	}, ""
 }
 
@@ -241,6 +253,8 @@ func (vm *VM) endSave(area block.VMStateArea, taken []uint64, ok bool) {
 	d := &vm.dirty
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	pending := d.pending
+	d.pending = nil
 	if taken == nil {
 		return
 	}
@@ -248,7 +262,7 @@ func (vm *VM) endSave(area block.VMStateArea, taken []uint64, ok bool) {
 		orBits(d.bits, 0, taken, uint64(len(taken))*64)
 		return
 	}
-	d.saved, d.savedTo = taken, area
+	d.saved, d.savedTo, d.savedPrints = taken, area, pending
 }
 
 // saveToAreaTracked saves into a vmstate area, sharing with the RAM base
@@ -271,6 +285,9 @@ func (vm *VM) recordSave(inc *snapshot.Incremental, why string, start time.Time)
 	res := snapshot.IncrementalResult{Reason: why}
 	if inc != nil {
 		res = inc.Result
+	}
+	if !res.Used && why != "" {
+		res.Reason = why
 	}
 	switch {
 	case res.Used:
