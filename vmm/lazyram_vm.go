@@ -29,6 +29,11 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 	if s := vm.State(); s.Running() || s == StateShutdown {
 		return nil, fmt.Errorf("lazy RAM load: VM is %s, not stopped", s)
 	}
+	used, err := vm.useRAM("lazy RAM load")
+	if err != nil {
+		return nil, err
+	}
+	defer used()
 	vm.endLazyRAM()
 	vm.endLiveSave() // the pages under its writer change below
 	vm.dropRAMBase()

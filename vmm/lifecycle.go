@@ -301,6 +301,9 @@ func (vm *VM) Close() error {
 	if wasStarted {
 		addVCPUProcs(-len(vm.vcpus))
 	}
+	// Jobs still copying guest RAM (a monitor's save or load runs beside
+	// the VM) stop before it is unmapped.
+	vm.endRAMUsers()
 	vm.endLazyRAM()
 	vm.endLiveSave()
 	var errs []error

@@ -157,6 +157,10 @@ type VM struct {
 
 	// dirty tracks RAM changed since the last save or load (dirty.go).
 	dirty dirtyRAM
+
+	// ramUse counts the jobs touching guest RAM, which Close cancels and
+	// waits for before it unmaps RAM (ramuse.go).
+	ramUse ramUsers
 }
 
 // ErrBadConfig marks configuration errors a user can fix (bad size, too
