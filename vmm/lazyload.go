@@ -42,23 +42,14 @@ func (vm *VM) LoadStateLazy(r io.ReaderAt, size uint64, onError func(error)) (*L
 	if err != nil {
 		return nil, err
 	}
-	l, err := vm.StartLazyRAM(src, func(err error) {
-		// Called while faulting threads still wait: the state change
-		// waits for the vCPUs to park, which they do once released.
-		go func() {
-			if serr := vm.SetState(StateInternalError); serr != nil && !errors.Is(serr, ErrBadTransition) {
-				vm.log.Errorf("lazy load: stop the VM after a bad RAM chunk: %v", serr)
-			}
-		}()
-		if onError != nil {
-			onError(err)
-		}
-	})
+	// A failure stops the VM in internal-error (StartLazyRAM).
+	l, err := vm.StartLazyRAM(src, onError)
 	if err != nil {
 		// vCPU and device state are already the snapshot's: the VM stays
 		// stopped, and the caller reports a failed load.
 		return nil, fmt.Errorf("lazy load: %w", err)
 	}
+	vm.loaded()
 	return l, nil
 }
 

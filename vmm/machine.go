@@ -182,7 +182,11 @@ func (vm *VM) LoadState(r io.ReaderAt, size uint64) error {
 	vm.endLazyRAM()
 	vm.endLiveSave()
 	vm.dropRAMBase()
-	return snapshot.Load(vm, r, size)
+	if err := snapshot.Load(vm, r, size); err != nil {
+		return err
+	}
+	vm.loaded()
+	return nil
 }
 
 // VerifyState checks a state stream against this VM without changing it.

@@ -144,6 +144,9 @@ type VM struct {
 	// lazy is the session serving guest RAM on demand after a lazy load
 	// (lazyram.go), or nil.
 	lazy atomic.Pointer[LazyRAM]
+	// ramFailed (under mu) is a lazy session's error from its failure
+	// until the VM is in internal-error: the VM may not run (lazyfail.go).
+	ramFailed error
 
 	// live is the live save writing guest RAM, or nil (livesave.go); while
 	// disksHeld (under mu) the virtio-blk devices stay drained even when

@@ -103,6 +103,11 @@ func (m *Monitor) stopFor(state vmm.State) (bool, error) {
 		return false, nil
 	}
 	if err := m.guest.SetState(state); err != nil {
+		if errors.Is(err, vmm.ErrBadTransition) && !m.guest.State().Running() {
+			// Stopped meanwhile by the VM itself (a lazy load's bad
+			// chunk): the job goes on as for a stopped VM.
+			return false, nil
+		}
 		return false, runState(err)
 	}
 	return true, nil
