@@ -118,7 +118,7 @@ func TestFormat2EagerAndLazy(t *testing.T) {
 	}
 	// The eager path with four readers, whatever this host's CPU count.
 	all := make([]byte, len(src.ram))
-	if err := rs.(*ramSource).loadAll(all, 4); err != nil || !bytes.Equal(all, src.ram) {
+	if err := rs.(*ramSource).loadAll(all, 4, func() error { return nil }); err != nil || !bytes.Equal(all, src.ram) {
 		t.Fatalf("loadAll with 4 readers: %v", err)
 	}
 	if err := rs.ReadChunk(5, make([]byte, ChunkSize)); err == nil {

@@ -333,9 +333,9 @@ func Load(m Machine, r io.ReaderAt, size uint64) error {
 		m.Warnf("load VM state: %s", d.warning)
 	}
 	if d.major == 1 {
-		err = d.ram1.load(m.RAM(), r)
+		err = d.ram1.load(m.RAM(), r, cancelOf(m))
 	} else {
-		err = d.ram2.loadAll(m.RAM(), defaultWorkers())
+		err = d.ram2.loadAll(m.RAM(), defaultWorkers(), cancelOf(m))
 	}
 	if err != nil {
 		return fmt.Errorf("load VM state: %w", err)

@@ -31,3 +31,19 @@ type Machine interface {
 	// (the VM's log).
 	Warnf(format string, a ...any)
 }
+
+// Canceller is a Machine whose RAM can be taken away while Save or Load
+// copies it (a VMM closing on quit or SIGTERM): they ask it before each
+// chunk and stop with its error, leaving the target or guest RAM
+// incomplete, never touching RAM after it said no.
+type Canceller interface {
+	RAMCancelled() error
+}
+
+// cancelOf is m's cancellation check; never cancelled where m has none.
+func cancelOf(m Machine) func() error {
+	if c, ok := m.(Canceller); ok {
+		return c.RAMCancelled
+	}
+	return func() error { return nil }
+}

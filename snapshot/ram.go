@@ -181,10 +181,10 @@ func (s *ramSource) eachZeroRun(i int, dst []byte, f func([]byte)) {
 	}
 }
 
-// loadAll reads every chunk into ram with n goroutines. Zero pages are
-// only cleared where they are not zero already, so untouched guest memory
-// stays unpopulated.
-func (s *ramSource) loadAll(ram []byte, n int) error {
+// loadAll reads every chunk into ram with n goroutines, asking cancelled
+// before each. Zero pages are only cleared where they are not zero
+// already, so untouched guest memory stays unpopulated.
+func (s *ramSource) loadAll(ram []byte, n int, cancelled func() error) error {
 	var next atomic.Int64
 	var mu sync.Mutex
 	var errs []error
@@ -200,14 +200,18 @@ func (s *ramSource) loadAll(ram []byte, n int) error {
 				}
 				start := uint64(i) * s.chunkSize
 				dst := ram[start : start+s.chunkLen(i)]
-				if !s.ChunkIsZero(i) {
-					if err := s.ReadStored(i, dst); err != nil {
-						mu.Lock()
-						errs = append(errs, err)
-						mu.Unlock()
-						next.Store(int64(len(s.index))) // stop the others
-						return
-					}
+				err := cancelled()
+				if err != nil {
+					err = fmt.Errorf("RAM chunk %d: %w", i, err)
+				} else if !s.ChunkIsZero(i) {
+					err = s.ReadStored(i, dst)
+				}
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+					next.Store(int64(len(s.index))) // stop the others
+					return
 				}
 				s.eachZeroRun(i, dst, clearPages)
 			}
@@ -275,9 +279,14 @@ func (d *ramV1) stored(p uint64) bool { return d.bitmap[p/8]&(1<<(p%8)) != 0 }
 
 // load writes the stored pages into ram and zeroes the others (the
 // section's CRC was verified by parse).
-func (d *ramV1) load(ram []byte, r io.ReaderAt) error {
+func (d *ramV1) load(ram []byte, r io.ReaderAt, cancelled func() error) error {
 	next := d.first
 	for p := uint64(0); p < d.pages; {
+		if p%(ChunkSize/PageSize) == 0 {
+			if err := cancelled(); err != nil {
+				return fmt.Errorf("RAM page %d: %w", p, err)
+			}
+		}
 		if !d.stored(p) {
 			if page := ram[p*PageSize : (p+1)*PageSize]; !isZero(page) {
 				clear(page)

@@ -57,6 +57,8 @@ type plan struct {
 	chunks  int
 	prefix  uint64 // header, sections, RAM index and end marker
 	ramBase uint64
+	// cancelled is the machine's Canceller, asked before each chunk.
+	cancelled func() error
 }
 
 type rawSection struct {
@@ -103,7 +105,7 @@ func newPlan(m Machine) (*plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &plan{ram: m.RAM(), secs: []rawSection{{SecMachine, verMachine, fp}}}
+	p := &plan{ram: m.RAM(), secs: []rawSection{{SecMachine, verMachine, fp}}, cancelled: cancelOf(m)}
 	for i, c := range cpus {
 		b, err := encodeCPU(c)
 		if err != nil {
@@ -236,7 +238,11 @@ func (p *plan) eachChunk(n int, f func(i int) error) error {
 				if i >= p.chunks {
 					return
 				}
-				if err := f(i); err != nil {
+				err := p.cancelled()
+				if err == nil {
+					err = f(i)
+				}
+				if err != nil {
 					errs[w] = err
 					failed.Store(true)
 				}
@@ -373,6 +379,9 @@ func SaveStream(m Machine, w io.Writer, opts SaveOptions) (uint64, error) {
 		return 0, err
 	}
 	for i := 0; i < p.chunks; i++ {
+		if err := p.cancelled(); err != nil {
+			return 0, fmt.Errorf("save VM state: RAM chunk %d: %w", i, err)
+		}
 		if err := write(p.chunk(i)); err != nil {
 			return 0, err
 		}

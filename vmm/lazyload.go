@@ -26,6 +26,11 @@ func (vm *VM) LoadStateLazy(r io.ReaderAt, size uint64, onError func(error)) (*L
 	if s := vm.State(); s.Running() || s == StateShutdown {
 		return nil, fmt.Errorf("lazy load: VM is %s, not stopped", s)
 	}
+	done, err := vm.useRAM("lazy load")
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	defer vm.holdInput()()
 	// A previous session's pages are about to be replaced.
 	vm.endLazyRAM()
@@ -37,23 +42,14 @@ func (vm *VM) LoadStateLazy(r io.ReaderAt, size uint64, onError func(error)) (*L
 	if err != nil {
 		return nil, err
 	}
-	l, err := vm.StartLazyRAM(src, func(err error) {
-		// Called while faulting threads still wait: the state change
-		// waits for the vCPUs to park, which they do once released.
-		go func() {
-			if serr := vm.SetState(StateInternalError); serr != nil && !errors.Is(serr, ErrBadTransition) {
-				vm.log.Errorf("lazy load: stop the VM after a bad RAM chunk: %v", serr)
-			}
-		}()
-		if onError != nil {
-			onError(err)
-		}
-	})
+	// A failure stops the VM in internal-error (StartLazyRAM).
+	l, err := vm.StartLazyRAM(src, onError)
 	if err != nil {
 		// vCPU and device state are already the snapshot's: the VM stays
 		// stopped, and the caller reports a failed load.
 		return nil, fmt.Errorf("lazy load: %w", err)
 	}
+	vm.loaded()
 	return l, nil
 }
 
@@ -61,6 +57,13 @@ func (vm *VM) LoadStateLazy(r io.ReaderAt, size uint64, onError func(error)) (*L
 // what reads all of RAM (a save) must not race the loader.
 func (vm *VM) finishLazyRAM() error {
 	if l := vm.lazy.Load(); l != nil {
+		// Close waits for the caller (a RAM user) before it ends the
+		// session: the caller gives up instead of waiting for all of RAM.
+		select {
+		case <-l.Done():
+		case <-vm.ramCancel():
+			return fmt.Errorf("wait for the last lazy load: %w", ErrClosing)
+		}
 		if err := l.Finish(); err != nil && !errors.Is(err, ErrLazyRAMClosed) {
 			return fmt.Errorf("guest RAM of the last lazy load is incomplete: %w", err)
 		}

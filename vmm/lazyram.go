@@ -44,7 +44,12 @@ type LazyRAM struct {
 	onError func(error)
 	log     *logrus.Entry
 	hold    <-chan struct{} // background loading waits for it (tests); nil: no wait
-	onEnd   func()          // lazyOptions.onEnd
+	onEnd   func(*LazyRAM)  // lazyOptions.onEnd
+	// beforeRelease is lazyOptions.beforeRelease.
+	beforeRelease func(*LazyRAM)
+	// replaced is set by the VM when it takes the session away to
+	// replace or free guest RAM (lazyfail.go).
+	replaced atomic.Bool
 
 	fd *uffd.FD
 	// alias is a second mapping of mem's pages, in reuse mode (where the
@@ -119,9 +124,14 @@ type lazyOptions struct {
 	// hold, when not nil, keeps background loading waiting until it is
 	// closed, so only faults and Ensure load chunks until then.
 	hold <-chan struct{}
-	// onEnd, when not nil, is called once the session is over, before
-	// Done is closed.
-	onEnd func()
+	// onEnd, when not nil, is called with the session once it is over
+	// (every waiting thread released), before Done is closed.
+	onEnd func(*LazyRAM)
+	// beforeRelease, when not nil, is called with a session that ended
+	// incomplete (Err says why) while every thread that waits for a page
+	// still waits, after the loaders and the handler are gone: the place
+	// to stop the vCPUs (it may wait for locks a fault never holds).
+	beforeRelease func(*LazyRAM)
 	// reuse chooses reuse mode where the kernel offers it: reuseAuto
 	// where the snapshot is worth it (reuseFits), or always, or never
 	// (guest RAM's pages freed, every chunk copied with UFFDIO_COPY).
@@ -173,7 +183,7 @@ func newLazyRAM(mem []byte, src RAMSource, onError func(error), log *logrus.Entr
 	}
 	l := &LazyRAM{
 		mem: mem, base: uffd.Addr(mem), src: src, size: src.RAMSize(), chunk: src.ChunkSize(),
-		n: src.Chunks(), onError: onError, log: log, hold: opts.hold, onEnd: opts.onEnd, stopFd: -1,
+		n: src.Chunks(), onError: onError, log: log, hold: opts.hold, onEnd: opts.onEnd, beforeRelease: opts.beforeRelease, stopFd: -1,
 		quit: make(chan struct{}), done: make(chan struct{}), started: time.Now(),
 	}
 	l.cond = sync.NewCond(&l.mu)
@@ -426,6 +436,9 @@ func (l *LazyRAM) supervise() {
 		}
 	} else {
 		l.emptyMissing()
+		if l.beforeRelease != nil {
+			l.beforeRelease(l)
+		}
 	}
 	l.release()
 	l.mu.Lock()
@@ -438,7 +451,7 @@ func (l *LazyRAM) supervise() {
 			st.Elapsed.Round(time.Millisecond), st.Chunks, st.Zero, st.OnDemand, st.InPlace, st.Faults, st.ZeroFaults)
 	}
 	if l.onEnd != nil {
-		l.onEnd()
+		l.onEnd(l)
 	}
 	close(l.done)
 }

@@ -7,7 +7,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/snapvmm/snapvmm/kvm"
 	"github.com/snapvmm/snapvmm/snapshot"
 )
 
@@ -238,32 +237,17 @@ func (l *LazyRAM) placeInPlace(i int, off, length uint64, dense bool) error {
 	return nil
 }
 
-// freeOldZeroPages frees the pages that sparse chunk i's zero pages still
-// hold from the guest before the load (b is the chunk in the alias): a
-// fault there then gets a zero page, as without reuse. Only resident ones
-// are freed, one call per run of them: pages the old guest never touched
-// (most, where it is the snapshot's own guest) cost nothing.
+// freeOldZeroPages frees whatever sparse chunk i's zero pages still hold
+// from the guest before the load (b is the chunk in the alias): a fault
+// there then gets a zero page, as without reuse. The pages are found by
+// the chunk's page map, not by residency: mincore on shmem says nothing
+// of a swapped-out page, which then stayed, and a fault on it was a MINOR
+// one answered with ZEROPAGE (EEXIST) again and again, or it showed the
+// old guest's data once the session ended (issue 21). Punching a run that
+// holds no page costs one call and frees nothing.
 func (l *LazyRAM) freeOldZeroPages(i int, b []byte) error {
-	resident := make([]byte, len(b)/snapshot.PageSize)
-	if err := kvm.Resident(b, resident); err != nil {
-		return err
-	}
 	return l.eachRun(i, false, func(from, to uint64) error {
-		for k := from / snapshot.PageSize; k < to/snapshot.PageSize; {
-			if resident[k] == 0 {
-				k++
-				continue
-			}
-			e := k
-			for e < to/snapshot.PageSize && resident[e] != 0 {
-				e++
-			}
-			if err := unix.Madvise(b[k*snapshot.PageSize:e*snapshot.PageSize], unix.MADV_REMOVE); err != nil {
-				return err
-			}
-			k = e
-		}
-		return nil
+		return unix.Madvise(b[from:to], unix.MADV_REMOVE)
 	})
 }
 

@@ -13,13 +13,14 @@ import (
 // StartLazyRAM replaces the paused VM's RAM with src, served on demand: it
 // returns once guest RAM is emptied and registered, before any chunk is
 // read, so the VM may resume at once; faults and a background pass fill
-// it. onError gets the first read, CRC or userfaultfd error, once, on a
-// loader goroutine, while every thread that waits for a missing page still
-// waits: it should request the VM's stop (an internal error) and return
-// without waiting for vCPUs or devices, which may be blocked on a page.
-// Then those threads are released and never-loaded pages read as zeros;
-// a vCPU released that way sees its stop request before it re-enters the
-// guest. A session still running is closed first. Callers fall back to an
+// it. On the first read, CRC or userfaultfd error onError gets it, once,
+// on a loader goroutine, while every thread waiting for a missing page
+// still waits: it must return without waiting for vCPUs or devices, which
+// may be blocked on a page. Then the vCPUs are asked to stop, before those
+// threads are released (they read never-loaded pages as zeros, and no
+// vCPU re-enters the guest), and the VM is in internal-error before the
+// session's Done is closed (lazyfail.go). A session still running is
+// closed first. Callers fall back to an
 // eager load where LazyRAMSupported says no.
 func (vm *VM) StartLazyRAM(src RAMSource, onError func(error)) (*LazyRAM, error) {
 	return vm.startLazyRAM(src, onError, lazyOptions{})
@@ -29,6 +30,11 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 	if s := vm.State(); s.Running() || s == StateShutdown {
 		return nil, fmt.Errorf("lazy RAM load: VM is %s, not stopped", s)
 	}
+	used, err := vm.useRAM("lazy RAM load")
+	if err != nil {
+		return nil, err
+	}
+	defer used()
 	vm.endLazyRAM()
 	vm.endLiveSave() // the pages under its writer change below
 	vm.dropRAMBase()
@@ -51,7 +57,11 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 	// to place anyway (its faults are still served first); a spare CPU
 	// stays the guest's.
 	prio := vm.lowerVCPUPriority("lazy RAM load")
-	opts.onEnd = prio.restore
+	opts.onEnd = func(l *LazyRAM) {
+		prio.restore()
+		vm.lazyEnded(l)
+	}
+	opts.beforeRelease = vm.lazyFailing
 	l, err := newLazyRAM(vm.mem.Bytes(), src, onError, vm.log, opts)
 	if err != nil {
 		prio.restore()
@@ -67,6 +77,7 @@ func (vm *VM) startLazyRAM(src RAMSource, onError func(error), opts lazyOptions)
 // load) or discarded (reset, VM.Close) right after.
 func (vm *VM) endLazyRAM() {
 	if l := vm.lazy.Swap(nil); l != nil {
+		l.replaced.Store(true) // before its end: see lazyEnded
 		l.Close()
 	}
 }

@@ -147,6 +147,8 @@ func (vm *VM) SetState(to State) error {
 	switch {
 	case to == StateShutdown:
 		return fmt.Errorf("VM run state: shutdown is reached by stopping the VM, not by a state change")
+	case to == StateRunning && vm.ramFailed != nil:
+		return fmt.Errorf("VM run state %s -> %s: guest RAM failed to load: %w", from, to, vm.ramFailed)
 	case !vm.started:
 		return fmt.Errorf("VM run state: cannot go from %s to %s before the VM is started", from, to)
 	case from == StateRunning:
@@ -299,6 +301,9 @@ func (vm *VM) Close() error {
 	if wasStarted {
 		addVCPUProcs(-len(vm.vcpus))
 	}
+	// Jobs still copying guest RAM (a monitor's save or load runs beside
+	// the VM) stop before it is unmapped.
+	vm.endRAMUsers()
 	vm.endLazyRAM()
 	vm.endLiveSave()
 	var errs []error

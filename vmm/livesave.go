@@ -75,6 +75,13 @@ func (vm *VM) beginLiveSave(dst block.Snapshotter, progress snapshot.Progress, o
 	if vm.live.Load() != nil {
 		return nil, fmt.Errorf("live save: another live save is writing guest RAM")
 	}
+	// Until vm.live is stored Close cannot see this save: it waits for
+	// the RAM user instead.
+	used, err := vm.useRAM("live save")
+	if err != nil {
+		return nil, err
+	}
+	defer used()
 	if err := vm.finishLazyRAM(); err != nil {
 		return nil, err
 	}
@@ -225,6 +232,11 @@ func (vm *VM) ArmLiveSave() error {
 	if vm.liveMem.Load() != nil {
 		return fmt.Errorf("live save: guest RAM is write-protected for another save")
 	}
+	used, err := vm.useRAM("arm live save")
+	if err != nil {
+		return err
+	}
+	defer used()
 	vm.holdDisks()
 	l, err := newLiveRAM(vm.mem.Bytes(), snapshot.ChunkSize, true, true, vm.log)
 	if err != nil {

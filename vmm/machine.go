@@ -106,6 +106,11 @@ func (vm *VM) RestoreCPUs(cpus []*kvm.VCPUState, vms *kvm.VMState) error {
 
 // SaveState writes the paused VM's state stream to w, sequentially.
 func (vm *VM) SaveState(w io.Writer, progress snapshot.Progress) (uint64, error) {
+	done, err := vm.useRAM("save VM state")
+	if err != nil {
+		return 0, err
+	}
+	defer done()
 	if err := vm.finishLazyRAM(); err != nil {
 		return 0, err
 	}
@@ -117,6 +122,11 @@ func (vm *VM) SaveState(w io.Writer, progress snapshot.Progress) (uint64, error)
 // offsets from parallel writers and all-zero clusters stay unallocated;
 // otherwise the stream is written in order.
 func (vm *VM) SaveStateTo(dst block.Snapshotter, progress snapshot.Progress) (uint64, error) {
+	done, err := vm.useRAM("save VM state")
+	if err != nil {
+		return 0, err
+	}
+	defer done()
 	if err := vm.finishLazyRAM(); err != nil {
 		return 0, err
 	}
@@ -163,11 +173,20 @@ func saveToArea(m snapshot.Machine, area block.VMStateArea, progress snapshot.Pr
 // before it returns. A lazy load still serving RAM is ended first: its
 // pages are about to be replaced.
 func (vm *VM) LoadState(r io.ReaderAt, size uint64) error {
+	done, err := vm.useRAM("load VM state")
+	if err != nil {
+		return err
+	}
+	defer done()
 	defer vm.holdInput()()
 	vm.endLazyRAM()
 	vm.endLiveSave()
 	vm.dropRAMBase()
-	return snapshot.Load(vm, r, size)
+	if err := snapshot.Load(vm, r, size); err != nil {
+		return err
+	}
+	vm.loaded()
+	return nil
 }
 
 // VerifyState checks a state stream against this VM without changing it.

@@ -104,7 +104,7 @@ func (vm *VM) Reset() error {
 	vm.endLazyRAM()  // stop serving a snapshot's RAM: it is discarded
 	vm.endLiveSave() // nor write it: Discard maps fresh pages, unprotected
 	vm.dropRAMBase()
-	err := vm.restorePowerOn()
+	err := vm.restorePowerOnUsed()
 	vm.mu.Lock()
 	defer vm.unlockAndNotify()
 	if wasRunning {

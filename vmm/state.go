@@ -28,7 +28,10 @@ const (
 	// load leaves it here, as QEMU does.
 	StateRestoreVM
 	// StateInternalError: snapvmm found the VM unable to go on (a loaded
-	// snapshot's memory failed its checksum); only a reset leaves it.
+	// snapshot's memory failed its checksum, or a load failed after the
+	// disks were reverted); a reset leaves it, and so does a good load
+	// (to paused: RAM and every other state are the snapshot's again, as
+	// QEMU's internal-error may become paused).
 	StateInternalError
 	// StateGuestPanicked: the guest reported a crash (KVM_SYSTEM_EVENT_CRASH).
 	StateGuestPanicked
@@ -76,7 +79,7 @@ var transitions = [numStates][]State{
 	StatePaused:        {StateRunning, StatePrelaunch, StateInternalError, StateShutdown},
 	StateSaveVM:        {StateRunning, StateInternalError, StateShutdown},
 	StateRestoreVM:     {StateRunning, StatePaused, StatePrelaunch, StateInternalError, StateShutdown},
-	StateInternalError: {StatePrelaunch, StateShutdown},
+	StateInternalError: {StatePrelaunch, StatePaused, StateShutdown},
 	StateGuestPanicked: {StatePrelaunch, StateShutdown},
 	StateShutdown:      nil,
 }

@@ -16,7 +16,7 @@ func TestTransitionTable(t *testing.T) {
 		"paused>running", "paused>prelaunch", "paused>internal-error", "paused>shutdown",
 		"save-vm>running", "save-vm>internal-error", "save-vm>shutdown",
 		"restore-vm>running", "restore-vm>paused", "restore-vm>prelaunch", "restore-vm>internal-error", "restore-vm>shutdown",
-		"internal-error>prelaunch", "internal-error>shutdown",
+		"internal-error>prelaunch", "internal-error>paused", "internal-error>shutdown",
 		"guest-panicked>prelaunch", "guest-panicked>shutdown",
 	} {
 		allowed[m] = true

@@ -146,6 +146,9 @@ type VM struct {
 	// lazy is the session serving guest RAM on demand after a lazy load
 	// (lazyram.go), or nil.
 	lazy atomic.Pointer[LazyRAM]
+	// ramFailed (under mu) is a lazy session's error from its failure
+	// until the VM is in internal-error: the VM may not run (lazyfail.go).
+	ramFailed error
 
 	// live is the live save writing guest RAM, or nil (livesave.go); its
 	// virtio-blk devices are held (holdDisks) even when the VM runs, so the
@@ -158,6 +161,10 @@ type VM struct {
 
 	// dirty tracks RAM changed since the last save or load (dirty.go).
 	dirty dirtyRAM
+
+	// ramUse counts the jobs touching guest RAM, which Close cancels and
+	// waits for before it unmaps RAM (ramuse.go).
+	ramUse ramUsers
 }
 
 // ErrBadConfig marks configuration errors a user can fix (bad size, too

@@ -34,6 +34,7 @@ const (
 	KindJobNotFound                        // no job Job
 	KindJobVerb                            // Job in JobState cannot do Verb
 	KindRunState                           // a run-state change failed: Err
+	KindLoadFailed                         // cont after snapshot Tag failed to load on Node, the disks reverted: Err
 )
 
 // Error is a control-plane failure with its kind and the objects involved.
@@ -96,6 +97,8 @@ func (e *Error) Error() string {
 		s = fmt.Sprintf("job %q in state %s cannot %s", e.Job, e.JobState, e.Verb)
 	case KindRunState:
 		s = "change run state"
+	case KindLoadFailed:
+		s = fmt.Sprintf("snapshot %q on %q failed to load after the disks were reverted to it: the VM holds a mix of states and runs again only after a good load or a reset", e.Tag, e.Node)
 	default:
 		s = fmt.Sprintf("control error %d", int(e.Kind))
 	}

@@ -59,7 +59,10 @@ type Monitor struct {
 	loadMode LoadMode
 	saveMode SaveMode
 	held     *hold // the snapshot a lazy load still reads, if any
-	log      *logrus.Entry
+	// failedLoad is why cont is refused after a load that failed once
+	// the disks moved (loadfail.go); nil when none.
+	failedLoad *Error
+	log        *logrus.Entry
 }
 
 // New makes a monitor for a guest and its block nodes.
@@ -136,6 +139,9 @@ func (m *Monitor) StopVM() error {
 func (m *Monitor) Cont() error {
 	m.runMu.Lock()
 	defer m.runMu.Unlock()
+	if err := m.refuseAfterFailedLoad(); err != nil {
+		return err
+	}
 	switch s := m.guest.State(); {
 	case s.Running():
 		return nil
@@ -157,6 +163,7 @@ func (m *Monitor) SystemReset() error {
 	if err := m.guest.Reset(); err != nil {
 		return runState(err)
 	}
+	m.failedLoad = nil
 	m.emit(Event{Kind: EventReset, Guest: false, Reason: ReasonHostReset})
 	return nil
 }

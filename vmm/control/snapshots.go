@@ -103,6 +103,11 @@ func (m *Monitor) stopFor(state vmm.State) (bool, error) {
 		return false, nil
 	}
 	if err := m.guest.SetState(state); err != nil {
+		if errors.Is(err, vmm.ErrBadTransition) && !m.guest.State().Running() {
+			// Stopped meanwhile by the VM itself (a lazy load's bad
+			// chunk): the job goes on as for a stopped VM.
+			return false, nil
+		}
 		return false, runState(err)
 	}
 	return true, nil
@@ -266,11 +271,17 @@ func (m *Monitor) loadSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 	// Check the stream before the disks move, so a bad stream leaves
 	// disks and VM as they were.
 	if err := m.guest.VerifyState(r, sn.VMStateSize); err != nil {
-		return &Error{Kind: KindLoadState, Err: err}
+		return &Error{Kind: KindLoadState, Err: loadErr(vs, tag, err)}
 	}
-	for _, n := range writable(nodes) {
+	// From the first revert on a failure leaves a mix of states: the VM
+	// must not run it (failLoad).
+	for i, n := range writable(nodes) {
 		if err := n.GotoSnapshot(tag); err != nil {
-			return &Error{Kind: KindRevert, Tag: tag, Node: n.Name(), Err: err}
+			err = &Error{Kind: KindRevert, Tag: tag, Node: n.Name(), Err: err}
+			if i == 0 {
+				return err
+			}
+			return m.failLoad(vs, tag, err)
 		}
 	}
 	if ctx != nil {
@@ -281,12 +292,12 @@ func (m *Monitor) loadSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 	lazy := false
 	if m.loadMode == LoadLazy {
 		if lazy, err = m.loadLazily(r, vs, sn); err != nil {
-			return &Error{Kind: KindLoadState, Err: err}
+			return m.failLoad(vs, tag, &Error{Kind: KindLoadState, Err: loadErr(vs, tag, err)})
 		}
 	}
 	if !lazy {
 		if err := m.guest.LoadState(r, sn.VMStateSize); err != nil {
-			return &Error{Kind: KindLoadState, Err: err}
+			return m.failLoad(vs, tag, &Error{Kind: KindLoadState, Err: loadErr(vs, tag, err)})
 		}
 	}
 	if ctx != nil {
@@ -294,6 +305,9 @@ func (m *Monitor) loadSnapshot(ctx *JobCtx, tag, vmstate string, devices []strin
 	}
 	if b, ok := m.guest.(ramBaser); ok {
 		b.RAMLoadedFrom(vs, sn.ID)
+	}
+	if err := m.loadSucceeded(); err != nil {
+		return err
 	}
 	if wasRunning {
 		return runState(m.guest.SetState(vmm.StateRunning))
