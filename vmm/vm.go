@@ -254,6 +254,7 @@ func (vm *VM) load() error {
 			// Linux finds virtio-mmio devices from its command line.
 			cmdline = appendCmdline(cmdline, fmt.Sprintf("virtio_mmio.device=4K@%#x:%d", VirtioMMIOBase+uint64(i)*virtio.MMIOSize, VirtioIRQBase+i))
 		}
+		cmdline = appendCmdline(cmdline, fmt.Sprintf("virtio_mmio.device=4K@%#x:%d", RNGMMIOAddr, RNGIRQ))
 	}
 	p.Cmdline = cmdline
 	vm.params = p
