@@ -3,10 +3,15 @@ package boot
 import (
 	"bytes"
 	"encoding/binary"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/snapvmm/snapvmm/devices/acpi"
 	"github.com/snapvmm/snapvmm/internal/elfgen"
+	"github.com/snapvmm/snapvmm/internal/testutil"
 )
 
 // checkACPI follows the RSDP at rsdp in guest memory as Linux does and
@@ -43,8 +48,10 @@ func checkACPI(t *testing.T, m Mem, rsdp uint64, ncpus int) {
 	if lapics != ncpus || ioapics != 1 || le.Uint32(madt[36:]) != LAPICAddr {
 		t.Fatalf("MADT has %d local APICs and %d IOAPICs for %d vCPUs, LAPIC at %#x", lapics, ioapics, ncpus, le.Uint32(madt[36:]))
 	}
-	if !bytes.Contains(tables["DSDT"], []byte("COM1")) {
-		t.Fatal("DSDT lacks COM1")
+	for _, name := range []string{"COM1", "RTC_", "PS2K"} {
+		if !bytes.Contains(tables["DSDT"], []byte(name)) {
+			t.Fatalf("DSDT lacks %s", name)
+		}
 	}
 	// Every table lies in a reserved e820 range, out of the guest's RAM.
 	for sig, tbl := range tables {
@@ -79,7 +86,7 @@ func checkACPI(t *testing.T, m Mem, rsdp uint64, ncpus int) {
 func TestACPITablesBzImage(t *testing.T) {
 	for _, ncpus := range []int{1, 2, 254} {
 		m := newMem(t, 64<<20)
-		if _, err := Load(m, Params{Kernel: fakeBzImage(0x020f, 1, 8192), VCPUs: ncpus}); err != nil {
+		if _, err := Load(m, Params{Kernel: fakeBzImage(0x020f, 1, 8192), VCPUs: ncpus, MMIO: testMMIO}); err != nil {
 			t.Fatal(err)
 		}
 		checkACPI(t, m, binary.LittleEndian.Uint64(m.B[ZeroPageAddr+bpACPIRSDP:]), ncpus)
@@ -103,9 +110,61 @@ func TestACPITablesPVH(t *testing.T) {
 	checkACPI(t, m, binary.LittleEndian.Uint64(m.B[PVHInfoAddr+pvhRSDPAddr:]), 3)
 }
 
+// testMMIO is a disk and the entropy device as vmm places them.
+var testMMIO = []MMIODevice{{Addr: 0xd0000000, Size: 0x1000, IRQ: 5}, {Addr: 0xd0010000, Size: 0x1000, IRQ: 21}}
+
+// TestACPIDescribesMMIODevices: a kernel with ACPI on a hardware-reduced
+// platform maps no ISA IRQ by itself, so every virtio-mmio device must be
+// in the DSDT with its window and GSI; iasl shows what the guest reads.
+func TestACPIDescribesMMIODevices(t *testing.T) {
+	m := newMem(t, 64<<20)
+	if _, err := Load(m, Params{Kernel: fakeBzImage(0x020f, 1, 8192), VCPUs: 2, MMIO: testMMIO}); err != nil {
+		t.Fatal(err)
+	}
+	tables, err := acpi.Read(m.Slice, ACPIAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iasl := testutil.NeedTool(t, "iasl")
+	f := filepath.Join(t.TempDir(), "dsdt.dat")
+	if err := os.WriteFile(f, tables["DSDT"], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(iasl, "-d", f).CombinedOutput(); err != nil {
+		t.Fatalf("iasl -d: %v\n%s", err, out)
+	}
+	dsl, err := os.ReadFile(strings.TrimSuffix(f, ".dat") + ".dsl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(dsl), "\n") {
+		if i := strings.Index(l, "//"); i >= 0 {
+			l = l[:i] // iasl's comments
+		}
+		lines = append(lines, l)
+	}
+	text := strings.Join(strings.Fields(strings.Join(lines, " ")), " ")
+	for _, want := range []string{
+		`Device (VR00) { Name (_HID, "LNRO0005") Name (_UID, Zero) Name (_CRS, ResourceTemplate () { Memory32Fixed (ReadWrite, 0xD0000000, 0x00001000, ) Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000005, } })`,
+		`Device (VR01) { Name (_HID, "LNRO0005") Name (_UID, One) Name (_CRS, ResourceTemplate () { Memory32Fixed (ReadWrite, 0xD0010000, 0x00001000, ) Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000015, } })`,
+		`Device (RTC) { Name (_HID, EisaId ("PNP0B00") /* AT Real-Time Clock */)`,
+		`IO (Decode16, 0x0070, 0x0070, 0x01, 0x02, ) IRQNoFlags () {8}`,
+		`Device (PS2K) { Name (_HID, EisaId ("PNP0303")`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("DSDT lacks %q:\n%s", want, dsl)
+		}
+	}
+	bad := []MMIODevice{{Addr: 0xd0000000, Size: 0x1000, IRQ: 24}}
+	if _, err := Load(newMem(t, 64<<20), Params{Kernel: fakeBzImage(0x020f, 1, 8192), VCPUs: 1, MMIO: bad}); err == nil {
+		t.Fatal("a device on IRQ 24 (the IOAPIC has 24 pins) was accepted")
+	}
+}
+
 func TestACPITablesRefuseVCPUCounts(t *testing.T) {
 	for _, n := range []int{0, 255} {
-		if _, err := writeACPI(newMem(t, 16<<20), n); err == nil {
+		if _, err := writeACPI(newMem(t, 16<<20), n, nil); err == nil {
 			t.Errorf("ACPI tables for %d vCPUs written", n)
 		}
 	}

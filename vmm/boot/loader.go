@@ -53,6 +53,8 @@ type Params struct {
 	Initrd  []byte
 	Cmdline string
 	VCPUs   int
+	// MMIO are the virtio-mmio devices the ACPI tables describe.
+	MMIO []MMIODevice
 }
 
 // Load writes the kernel, its boot data and the platform tables into m and
@@ -71,7 +73,7 @@ func Load(m Mem, p Params) (*Entry, error) {
 	if err := writeMPTable(m, p.VCPUs); err != nil {
 		return nil, err
 	}
-	rsdp, err := writeACPI(m, p.VCPUs)
+	rsdp, err := writeACPI(m, p.VCPUs, p.MMIO)
 	if err != nil {
 		return nil, err
 	}
