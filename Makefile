@@ -4,9 +4,9 @@ GO       ?= go
 BUILD    := build
 BIN      := $(BUILD)/snapvmm
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-GUESTS   := hello counter timer smp fpu smpcount blk fill hostile scribble scribbler
+GUESTS   := hello counter timer smp fpu smpcount blk fill hostile scribble scribbler rng
 # Guests that run only in ring 3 take guest_main from user.s.
-USERGUESTS := hello counter fpu blk fill hostile scribble scribbler
+USERGUESTS := hello counter fpu blk fill hostile scribble scribbler rng
 GUESTSRC := testdata/guests/src
 GUEST_CACHE ?= $(HOME)/.cache/snapvmm/guest
 

@@ -25,6 +25,15 @@ type StateChecker interface {
 	CheckState(version uint32, data []byte) error
 }
 
+// Resettable is implemented by a device that VM state streams of older
+// builds lack, because it was added since (virtio-rng): a load of a stream
+// without its section puts it in its power-on state with ResetState
+// instead of refusing the stream. A device that every stream has must not
+// implement it, so that a stream missing its section stays an error.
+type Resettable interface {
+	ResetState()
+}
+
 func decodeState(name string, have, max uint32, data []byte, v any) error {
 	if have == 0 || have > max {
 		return fmt.Errorf("restore %s: state version %d, this build reads 1..%d", name, have, max)

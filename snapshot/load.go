@@ -196,7 +196,14 @@ func check(m Machine, r io.ReaderAt, size uint64) (*decoded, error) {
 	if err := json.Unmarshal(ms.data, &fp); err != nil {
 		return nil, corruptf("machine section: %v", err)
 	}
-	if err := compareFingerprint(fp, fingerprintOf(m)); err != nil {
+	optional, listed := map[string]bool{}, map[string]bool{}
+	for _, d := range m.Devices() {
+		_, optional[d.ID] = d.Dev.(devices.Resettable)
+	}
+	for _, d := range fp.Devices {
+		listed[d.ID] = true
+	}
+	if err := compareFingerprint(fp, fingerprintOf(m), optional); err != nil {
 		return nil, err
 	}
 	d := &decoded{major: p.major, vm: &kvm.VMState{}, devs: map[string]*section{}}
@@ -235,6 +242,11 @@ func check(m Machine, r io.ReaderAt, size uint64) (*decoded, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: device %s cannot restore state", ErrMismatch, dev.ID)
 		}
+		if !listed[dev.ID] {
+			// A Resettable device the stream predates (compareFingerprint
+			// refused any other): restore resets it.
+			continue
+		}
 		sec, err := need(dev.ID, st.StateVersion())
 		if err != nil {
 			return nil, err
@@ -270,7 +282,9 @@ func check(m Machine, r io.ReaderAt, size uint64) (*decoded, error) {
 	return d, err
 }
 
-func compareFingerprint(got, want Fingerprint) error {
+// compareFingerprint compares a stream's machine with this one; devices
+// in optional may be absent from the stream.
+func compareFingerprint(got, want Fingerprint, optional map[string]bool) error {
 	var diffs []string
 	if got.RAMBelow4G != want.RAMBelow4G || got.RAMAbove4G != want.RAMAbove4G {
 		diffs = append(diffs, fmt.Sprintf("RAM %d MiB in the stream, %d MiB in this VM",
@@ -295,7 +309,7 @@ func compareFingerprint(got, want Fingerprint) error {
 		}
 	}
 	for _, d := range want.Devices {
-		if !seen[d.ID] {
+		if !seen[d.ID] && !optional[d.ID] {
 			diffs = append(diffs, fmt.Sprintf("device %s of this VM is not in the stream", d.ID))
 		}
 	}
@@ -372,6 +386,10 @@ func (d *decoded) restore(m Machine) error {
 	}
 	for _, dev := range m.Devices() {
 		sec := d.devs[dev.ID]
+		if sec == nil {
+			dev.Dev.(devices.Resettable).ResetState() // absent from the stream (check)
+			continue
+		}
 		if err := dev.Dev.(devices.Stateful).RestoreState(sec.version, sec.data); err != nil {
 			return fmt.Errorf("load VM state: device %s: %w", dev.ID, err)
 		}

@@ -21,7 +21,17 @@ type deviceSet struct {
 	blks      []virtioDevice    // disks, then network cards: drained when the VM pauses
 }
 
-// newDeviceSet builds the PC platform and one virtio-blk device per disk.
+// The virtio-rng device sits after the last disk's window, so that the
+// disks keep their addresses and IRQs (the guests of older snapshots
+// expect them there).
+const (
+	RNGMMIOAddr = VirtioMMIOBase + maxDisks*virtio.MMIOSize
+	RNGIRQ      = VirtioIRQBase + maxDisks
+	rngID       = "virtio-rng"
+)
+
+// newDeviceSet builds the PC platform, one virtio-blk device per disk and
+// the virtio-rng device.
 // irq returns the level setter of an ISA interrupt line; reset is what the
 // i8042's reset line does; mem is guest RAM as the disks' DMA sees it.
 func newDeviceSet(l boot.Layout, serialOut io.Writer, irq func(line uint32) func(bool), reset func(),
@@ -42,6 +52,14 @@ func newDeviceSet(l boot.Layout, serialOut io.Writer, irq func(line uint32) func
 		s.devs = append(s.devs, snapshot.Device{ID: id, Dev: b})
 		s.blks = append(s.blks, b)
 	}
+	rng := virtio.NewRNG(mem, irq(RNGIRQ), log)
+	if err := s.mmio.Register(rngID, RNGMMIOAddr, virtio.MMIOSize, rng); err != nil {
+		s.close()
+		return nil, err
+	}
+	// Streams saved before virtio-rng existed load, the device reset: it
+	// is devices.Resettable.
+	s.devs = append(s.devs, snapshot.Device{ID: rngID, Dev: rng})
 	return s, nil
 }
 

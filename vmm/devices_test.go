@@ -64,6 +64,7 @@ func TestEveryVMDeviceRoundTrips(t *testing.T) {
 	var le [4]byte
 	binary.LittleEndian.PutUint32(le[:], 3) // virtio ACKNOWLEDGE|DRIVER
 	vm.mmio.Write(VirtioMMIOBase+0x70, le[:])
+	vm.mmio.Write(RNGMMIOAddr+0x70, le[:])
 	vm.pio.Write(0x3ff, []byte{0x42}) // UART scratch register
 	vm.pio.Write(0x70, []byte{0x0b})  // CMOS index
 	vm.pio.Write(0xcf8, []byte{0, 8, 0, 0x80})
@@ -73,7 +74,7 @@ func TestEveryVMDeviceRoundTrips(t *testing.T) {
 	if len(vm.devs) != len(fresh.devs) {
 		t.Fatalf("%d devices, then %d", len(vm.devs), len(fresh.devs))
 	}
-	sawDisk := false
+	sawDisk, sawRNG := false, false
 	for i, d := range vm.devs {
 		st, ok := d.Dev.(devices.Stateful)
 		if !ok {
@@ -84,6 +85,7 @@ func TestEveryVMDeviceRoundTrips(t *testing.T) {
 			t.Errorf("device %s (%T) is not a StateChecker: a load could not refuse its payload before changing the VM", d.ID, d.Dev)
 		}
 		sawDisk = sawDisk || strings.HasPrefix(d.ID, "virtio-blk/")
+		sawRNG = sawRNG || d.ID == rngID
 		f := fresh.devs[i]
 		if f.ID != d.ID {
 			t.Fatalf("device %d is %s, then %s", i, d.ID, f.ID)
@@ -104,7 +106,7 @@ func TestEveryVMDeviceRoundTrips(t *testing.T) {
 			t.Errorf("%s: a newer state version was accepted", d.ID)
 		}
 	}
-	if !sawDisk {
-		t.Fatal("no virtio-blk device in the set of a VM with a disk")
+	if !sawDisk || !sawRNG {
+		t.Fatalf("virtio-blk seen %v, virtio-rng seen %v: a VM with a disk has both", sawDisk, sawRNG)
 	}
 }

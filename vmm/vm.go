@@ -257,10 +257,15 @@ func (vm *VM) load() error {
 		cmdline = appendCmdline(cmdline, PVMCmdline)
 		vm.log.Infof("PVM host: appended to the guest command line: %s", PVMCmdline)
 	}
+	for i := range len(vm.cfg.Disks) + len(vm.cfg.Nets) {
+		p.MMIO = append(p.MMIO, boot.MMIODevice{Addr: VirtioMMIOBase + uint64(i)*virtio.MMIOSize, Size: virtio.MMIOSize, IRQ: uint32(VirtioIRQBase + i)})
+	}
+	p.MMIO = append(p.MMIO, boot.MMIODevice{Addr: RNGMMIOAddr, Size: virtio.MMIOSize, IRQ: RNGIRQ})
 	if k := boot.Probe(vm.cfg.Kernel); k == boot.KindBzImage || k == boot.KindPVH {
-		for i := range len(vm.cfg.Disks) + len(vm.cfg.Nets) {
-			// Linux finds virtio-mmio devices from its command line.
-			cmdline = appendCmdline(cmdline, fmt.Sprintf("virtio_mmio.device=4K@%#x:%d", VirtioMMIOBase+uint64(i)*virtio.MMIOSize, VirtioIRQBase+i))
+		// Linux without ACPI finds virtio-mmio devices from its command
+		// line; with ACPI, in the DSDT (boot.MMIODevice).
+		for _, d := range p.MMIO {
+			cmdline = appendCmdline(cmdline, fmt.Sprintf("virtio_mmio.device=4K@%#x:%d", d.Addr, d.IRQ))
 		}
 	}
 	p.Cmdline = cmdline

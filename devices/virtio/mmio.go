@@ -53,8 +53,10 @@ type Device interface {
 	Features() uint64
 	QueueMax() []uint16
 	ReadConfig(off uint64, data []byte)
-	// Kick tells the device that queue q has new buffers; it must not do
-	// the work on the caller's (vCPU) goroutine.
+	// Kick tells the device that queue q has new buffers. It runs on the
+	// notifying vCPU's goroutine, so it must not wait there for I/O (a
+	// disk's requests go to a worker); bounded work that never blocks,
+	// such as virtio-rng's, may be done in place.
 	Kick(q int)
 	// Reset is the driver writing 0 to the status register. The device
 	// first waits for the request it is serving, if any, and drops pending
@@ -309,4 +311,15 @@ func (m *MMIO) restoreTransport(s MMIOState) error {
 	m.status, m.interrupt, m.driverFeatures = s.Status, s.Interrupt, s.DriverFeatures
 	copy(m.queues, s.Queues)
 	return nil
+}
+
+// resetTransport puts the transport in its power-on state.
+func (m *MMIO) resetTransport() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.devFeatSel, m.drvFeatSel, m.queueSel = 0, 0, 0
+	m.status, m.interrupt, m.driverFeatures = 0, 0, 0
+	for i := range m.queues {
+		m.queues[i] = Queue{}
+	}
 }

@@ -24,6 +24,7 @@ var toolPackages = map[string]string{
 	"cpio":               "cpio",
 	"socat":              "socat",
 	"busybox":            "busybox-static",
+	"iasl":               "acpica-tools",
 	"as":                 "binutils",
 	"ld":                 "binutils",
 	"ip":                 "iproute2",

@@ -2,7 +2,7 @@
 // state to enter them with: Linux bzImages through the x86 64-bit boot
 // protocol, ELF kernels with a PVH note through the 32-bit PVH entry, and
 // the project's tiny test guests (plain 64-bit ELF). It also writes the
-// platform tables a PC guest expects (e820, MP table). It is pure data
+// platform tables a PC guest expects (e820, MP table, ACPI tables). It is pure data
 // manipulation on a byte slice, so all of it is tested without KVM.
 package boot
 
@@ -30,7 +30,6 @@ const (
 	EBDAStart     = 0x9fc00
 	EBDAEnd       = 0xa0000
 	MPTableAddr   = 0xf0000 // in the BIOS area Linux scans for the MP floating pointer
-	BIOSStart     = 0xf0000
 	HighMemStart  = 0x100000
 	KernelAddr    = 0x100000
 
@@ -124,7 +123,7 @@ func (l Layout) E820() []E820Entry {
 	m := []E820Entry{
 		{0, EBDAStart, E820RAM},
 		{EBDAStart, EBDAEnd - EBDAStart, E820Reserved},
-		{BIOSStart, HighMemStart - BIOSStart, E820Reserved},
+		{ACPIAddr, HighMemStart - ACPIAddr, E820Reserved}, // ACPI tables, MP table
 	}
 	if l.Below4G > HighMemStart {
 		m = append(m, E820Entry{HighMemStart, l.Below4G - HighMemStart, E820RAM})

@@ -53,6 +53,8 @@ type Params struct {
 	Initrd  []byte
 	Cmdline string
 	VCPUs   int
+	// MMIO are the virtio-mmio devices the ACPI tables describe.
+	MMIO []MMIODevice
 }
 
 // Load writes the kernel, its boot data and the platform tables into m and
@@ -71,11 +73,15 @@ func Load(m Mem, p Params) (*Entry, error) {
 	if err := writeMPTable(m, p.VCPUs); err != nil {
 		return nil, err
 	}
+	rsdp, err := writeACPI(m, p.VCPUs, p.MMIO)
+	if err != nil {
+		return nil, err
+	}
 	switch {
 	case IsBzImage(p.Kernel):
-		return loadBzImage(m, p)
+		return loadBzImage(m, p, rsdp)
 	case bytes.HasPrefix(p.Kernel, []byte(elf.ELFMAG)):
-		return loadELF(m, p)
+		return loadELF(m, p, rsdp)
 	case len(p.Kernel) == 0:
 		return nil, errors.New("load kernel: file is empty")
 	}
@@ -167,7 +173,7 @@ func parseSetupHeader(k []byte) (setupHeader, error) {
 	return h, nil
 }
 
-func loadBzImage(m Mem, p Params) (*Entry, error) {
+func loadBzImage(m Mem, p Params, rsdp uint64) (*Entry, error) {
 	k := p.Kernel
 	le := binary.LittleEndian
 	h, err := parseSetupHeader(k)
@@ -221,6 +227,7 @@ func loadBzImage(m Mem, p Params) (*Entry, error) {
 		le.PutUint32(zp[bpRamdiskSize:], uint32(size))
 	}
 	e820 := m.L.E820()
+	le.PutUint64(zp[bpACPIRSDP:], rsdp)
 	zp[bpE820Entries] = byte(len(e820))
 	for i, e := range e820 {
 		o := bpE820Table + 20*i
@@ -285,7 +292,7 @@ func pvhEntry(f *elf.File, fileSize int) (uint64, bool, error) {
 	return 0, false, nil
 }
 
-func loadELF(m Mem, p Params) (*Entry, error) {
+func loadELF(m Mem, p Params, rsdp uint64) (*Entry, error) {
 	f, err := elf.NewFile(bytes.NewReader(p.Kernel))
 	if err != nil {
 		return nil, fmt.Errorf("load ELF: %w", err)
@@ -352,15 +359,15 @@ func loadELF(m Mem, p Params) (*Entry, error) {
 	if pvh >= FourGiB || !inLoaded(pvh) {
 		return nil, fmt.Errorf("load PVH kernel: 32-bit entry point %#x is not in a loaded segment below 4 GiB", pvh)
 	}
-	if err := writePVHInfo(m, p); err != nil {
+	if err := writePVHInfo(m, p, rsdp); err != nil {
 		return nil, err
 	}
 	return &Entry{Kind: KindPVH, Mode: Protected32, RIP: pvh, BootRBX: PVHInfoAddr, Linux: true}, nil
 }
 
 // writePVHInfo writes struct hvm_start_info (version 1) with the command
-// line, the initrd as module 0, and the memory map.
-func writePVHInfo(m Mem, p Params) error {
+// line, the initrd as module 0, the RSDP's address and the memory map.
+func writePVHInfo(m Mem, p Params, rsdp uint64) error {
 	le := binary.LittleEndian
 	if err := m.Write(CmdlineAddr, append([]byte(p.Cmdline), 0)); err != nil {
 		return err
@@ -370,6 +377,7 @@ func writePVHInfo(m Mem, p Params) error {
 	le.PutUint32(info[4:], 1)
 	le.PutUint64(info[16:], pvhModAddr)
 	le.PutUint64(info[24:], CmdlineAddr)
+	le.PutUint64(info[pvhRSDPAddr:], rsdp)
 	e820 := m.L.E820()
 	le.PutUint64(info[40:], pvhMemmapAddr)
 	le.PutUint32(info[48:], uint32(len(e820)))
