@@ -186,7 +186,10 @@ func (vm *VM) Resume() error {
 // that no request is in flight and RAM and disks hold still. vm.mu is
 // held; it is released while waiting.
 func (vm *VM) quiesce() error {
-	vm.req = reqPause
+	if vm.req != reqStop {
+		// A stop asked for already wins: the vCPUs are leaving.
+		vm.req = reqPause
+	}
 	if err := vm.kickAll(); err != nil {
 		return err
 	}
@@ -207,7 +210,11 @@ func (vm *VM) unquiesce() {
 	for _, b := range vm.blks {
 		b.Resume() // a held disk stays held (holdDisks)
 	}
-	vm.req = reqNone
+	if vm.req == reqPause {
+		// Never reqStop: a quit that came while a job held the VM paused
+		// must still end it (it was lost here, and Stop waited forever).
+		vm.req = reqNone
+	}
 	vm.cond.Broadcast()
 }
 
